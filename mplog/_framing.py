@@ -1,0 +1,79 @@
+"""Sans-IO length-prefixed framing.
+
+Rules this module keeps:
+
+- A frame is a 4-byte big-endian unsigned length followed by that many bytes of body. This
+  is the framing of the stdlib ``SocketHandler`` (``struct.pack(">L", len(s)) + s``) and of
+  mplog's intake, so one splitter serves both.
+- The length is checked against a limit *before* anything is allocated for the body.
+- No sockets, no clocks, no threads: bytes in, bodies out.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ._errors import ProtocolError
+
+__all__ = ["HEADER", "MAX_FRAME", "FrameSplitter", "frame"]
+
+HEADER = struct.Struct(">L")
+
+#: Largest body accepted by default: 16 MiB. A log record with a long traceback is a few
+#: KiB; anything near this limit is a bug or an attack, and refusing it costs one record
+#: while accepting it could cost the listener's memory.
+MAX_FRAME = 16 * 1024 * 1024
+
+
+def frame(body: bytes) -> bytes:
+    """Return *body* with its length prefix."""
+    return HEADER.pack(len(body)) + body
+
+
+class FrameSplitter:
+    """Accumulate stream bytes and split them into frame bodies.
+
+    ``feed(data)`` returns every complete body found so far, in order. ``feed(b"")`` means
+    end of stream: it raises :class:`ProtocolError` if a partial frame is pending (the peer
+    died mid-frame), so the caller can count it. A length above *max_frame* raises
+    :class:`ProtocolError` at once, before buffering the body.
+    """
+
+    __slots__ = ("_buf", "_max")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that do not yet form a complete frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if not data:
+            if self._buf:
+                n = len(self._buf)
+                self._buf.clear()
+                raise ProtocolError(f"stream ended inside a frame ({n} bytes pending)")
+            return []
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        unpack = HEADER.unpack_from
+        limit = self._max
+        while end - pos >= 4:
+            (n,) = unpack(buf, pos)
+            if n > limit:
+                buf.clear()
+                raise ProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
+            stop = pos + 4 + n
+            if stop > end:
+                break
+            out.append(bytes(buf[pos + 4 : stop]))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        return out

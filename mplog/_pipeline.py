@@ -1,0 +1,411 @@
+"""IO: ``start()``, the :class:`Pipeline` handle, supervision, and ``worker_init()``.
+
+Rules this module keeps:
+
+- ``start()`` validates everything it can before starting anything, and raises
+  :class:`ConfigError` naming the problem; it returns once the listener accepts records.
+- The listener is a ``multiprocess`` child started with *spawn* (it inherits no locks or
+  threads, and handler factories may be closures). One supervisor thread in this process
+  restarts it if it dies (same address; ``restarts`` counted).
+- ``stop()`` is idempotent and leaves no process, thread, socket file or temp dir behind.
+  Only the process that called ``start()`` can stop the pipeline; a forked child that
+  inherited the object (and, on 3.13+, runs atexit handlers) leaves it alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pathlib
+import shutil
+import socket
+import stat
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._errors import ConfigError, MplogError
+from ._intake import control_request
+from ._listener import ListenerConfig, main as listener_main
+from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
+
+__all__ = ["Pipeline", "start", "worker_init"]
+
+#: Longest path a Unix socket address may have on Linux (sun_path is 108 bytes with NUL).
+MAX_UNIX_PATH = 107
+_START_METHODS = ("spawn", "forkserver", "fork")
+_DEFAULT_OPTIONS: dict[str, Any] = {
+    "start_method": "spawn",
+    "start_timeout": 60.0,
+}
+
+Handlers = Sequence[logging.Handler] | Callable[[], Sequence[logging.Handler]]
+
+
+def _check_address(address: str) -> None:
+    if len(os.fsencode(address)) > MAX_UNIX_PATH:
+        raise ConfigError(
+            f"address {address!r} is too long for a Unix socket (max {MAX_UNIX_PATH} bytes)"
+        )
+    parent = os.path.dirname(os.path.abspath(address))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"cannot bind address {address!r}: directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot bind address {address!r}: directory {parent!r} is not writable")
+    try:
+        st = os.lstat(address)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"cannot bind address {address!r}: a file that is not a socket is there")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(address)
+        except OSError:
+            return  # a stale socket file; the listener replaces it
+    raise ConfigError(f"cannot bind address {address!r}: a running listener already uses it")
+
+
+def _ship_handlers(handlers: Handlers) -> bytes:
+    import dill
+
+    if callable(handlers) and not isinstance(handlers, logging.Handler):
+        what = "the handlers factory"
+    else:
+        if isinstance(handlers, logging.Handler):
+            handlers = [handlers]
+        if not isinstance(handlers, (list, tuple)):
+            raise ConfigError(
+                f"handlers must be a list of logging.Handler or a callable returning one, "
+                f"got {type(handlers).__name__}"
+            )
+        for h in handlers:
+            if not isinstance(h, logging.Handler):
+                raise ConfigError(f"handlers must be logging.Handler instances, got {h!r}")
+        what = "the handlers"
+    try:
+        return dill.dumps(handlers, recurse=True)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise ConfigError(
+            f"{what} cannot be shipped to the listener process ({type(exc).__name__}: {exc}); "
+            "pass a callable that builds them there instead"
+        ) from exc
+
+
+class Pipeline:
+    """A running pipeline: one supervised listener process. Use :func:`start`."""
+
+    def __init__(
+        self,
+        cfg: ListenerConfig,
+        *,
+        tmpdir: str | None,
+        install: bool,
+        level: int,
+        options: dict[str, Any],
+    ) -> None:
+        import multiprocess
+
+        self._cfg = cfg
+        self._tmpdir = tmpdir
+        self._options = options
+        self._ctx = multiprocess.get_context(options["start_method"])
+        self._owner = os.getpid()
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._stopping = False
+        self._stopped = False
+        self._final_stats: dict[str, Any] | None = None
+        self.restarts = 0
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._supervisor: threading.Thread | None = None
+        self._install = install
+        self._level = level
+        self._saved_root: tuple[list[logging.Handler], int] | None = None
+        self._saved_env: str | None = None
+        self._handler: QueueHandler | None = None
+
+    @property
+    def address(self) -> str:
+        """The intake address: hand it to :func:`worker_init` in other processes."""
+        return self._cfg.address
+
+    @property
+    def pid(self) -> int:
+        """The listener process's pid (it changes when the listener is restarted)."""
+        return int(self._proc.pid)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        from multiprocess.connection import wait
+
+        r, w = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(
+            target=listener_main, args=(self._cfg, w), name="mplog-listener", daemon=False
+        )
+        proc.start()
+        w.close()
+        try:
+            ready = wait([r, proc.sentinel], timeout=self._options["start_timeout"])
+            if r in ready:
+                try:
+                    kind, value = r.recv()
+                except EOFError:
+                    kind, value = "error", None
+            elif ready:
+                kind, value = "error", None
+            else:
+                kind, value = "timeout", None
+        finally:
+            r.close()
+        if kind == "ready":
+            self._proc = proc
+            self._cfg.incarnation += 1
+            return
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        if kind == "timeout":
+            raise ConfigError(
+                f"the listener did not become ready in {self._options['start_timeout']} s"
+            )
+        if value is None:
+            value = f"the listener process exited with code {proc.exitcode} before it was ready"
+        raise ConfigError(value)
+
+    def _start(self) -> None:
+        self._spawn()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="mplog-supervisor", daemon=True
+        )
+        self._supervisor.start()
+        atexit.register(self._atexit)
+        if self._install:
+            root = logging.getLogger()
+            self._saved_root = (list(root.handlers), root.level)
+            self._handler = QueueHandler(self.address)
+            for h in list(root.handlers):
+                root.removeHandler(h)
+            root.addHandler(self._handler)
+            root.setLevel(self._level)
+            self._saved_env = os.environ.get(ENV_ADDRESS)
+            os.environ[ENV_ADDRESS] = self.address
+
+    def _supervise(self) -> None:
+        from multiprocess.connection import wait
+
+        failures = 0
+        while True:
+            proc = self._proc
+            wait([proc.sentinel, self._wake_r])
+            with self._lock:
+                if self._stopping:
+                    return
+                proc.join(0)
+                try:
+                    self._spawn()
+                except ConfigError as exc:
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    sys.stderr.write(
+                        f"mplog: restarting the listener failed ({exc}); next try in {delay} s\n"
+                    )
+                else:
+                    failures = 0
+                    self.restarts += 1
+                    continue
+            if wait([self._wake_r], timeout=delay):
+                return
+
+    # -- public -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the pipeline (see the contract's Stats table), plus ``restarts``."""
+        if self._final_stats is not None:
+            return dict(self._final_stats, restarts=self.restarts)
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                reply = control_request(self.address, {"op": "stats"}, timeout=5.0)
+                break
+            except MplogError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)  # the listener is being restarted; ask again
+        stats = dict(reply["stats"])
+        stats["restarts"] = self.restarts
+        return stats
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every record logged before this call was handled and every socket
+        handler's buffer is empty. True if so, False if *timeout* passed first."""
+        if self._stopped:
+            return True
+        if self._handler is not None:
+            self._handler.flush()
+        try:
+            reply = control_request(
+                self.address, {"op": "flush", "timeout": timeout}, timeout=timeout + 2.0
+            )
+        except MplogError:
+            return False
+        return bool(reply.get("ok"))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Drain, flush and end the listener; idempotent. Leaves nothing behind."""
+        if os.getpid() != self._owner:
+            return
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopping = True
+        self._wake_w.send_bytes(b"stop")
+        if self._supervisor is not None:
+            self._supervisor.join()
+        self._uninstall()
+        proc = self._proc
+        try:
+            reply = control_request(
+                self.address, {"op": "stop", "timeout": timeout}, timeout=timeout + 5.0
+            )
+            self._final_stats = reply.get("stats")
+        except MplogError as exc:
+            sys.stderr.write(f"mplog: the listener did not stop cleanly: {exc}\n")
+        if proc is not None:
+            proc.join(timeout + 5.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        path = pathlib.Path(self.address)
+        if path.is_socket():
+            path.unlink(missing_ok=True)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        self._wake_r.close()
+        self._wake_w.close()
+        atexit.unregister(self._atexit)
+        with self._lock:
+            self._stopped = True
+
+    def _uninstall(self) -> None:
+        if self._handler is None:
+            return
+        root = logging.getLogger()
+        root.removeHandler(self._handler)
+        self._handler.close()
+        self._handler = None
+        if self._saved_root is not None:
+            handlers, level = self._saved_root
+            for h in handlers:
+                root.addHandler(h)
+            root.setLevel(level)
+        if os.environ.get(ENV_ADDRESS) == self.address:
+            if self._saved_env is None:
+                del os.environ[ENV_ADDRESS]
+            else:
+                os.environ[ENV_ADDRESS] = self._saved_env
+
+    def _atexit(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else f"pid={self._proc.pid}"
+        return f"<mplog.Pipeline address={self.address!r} {state}>"
+
+
+def start(
+    handlers: Handlers,
+    *,
+    level: int = logging.NOTSET,
+    address: str | None = None,
+    install: bool = True,
+    **options: Any,
+) -> Pipeline:
+    """Start the listener process and return its :class:`Pipeline`.
+
+    Args:
+        handlers: the handlers the listener passes records to: a list (shipped to the
+            listener process by pickling) or a callable that builds them there (closures
+            and lambdas work).
+        level: level set on the root logger of processes mplog configures.
+        address: the intake socket path; None makes a fresh one in a private (0700) dir.
+        install: log this process's records into the pipeline and export
+            ``MPLOG_ADDRESS`` for child processes.
+        start_method: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``.
+        start_timeout: seconds to wait for the listener to become ready (default 60).
+
+    Raises:
+        ConfigError: an unknown option, a bad handlers argument, an address that cannot be
+            bound, or a handlers factory that raised in the listener.
+    """
+    unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for mplog.start(); known: {', '.join(sorted(_DEFAULT_OPTIONS))}"
+        )
+    opts = dict(_DEFAULT_OPTIONS, **options)
+    if opts["start_method"] not in _START_METHODS:
+        raise ConfigError(
+            f"start_method must be one of {', '.join(_START_METHODS)}; "
+            f"got {opts['start_method']!r}"
+        )
+    if not isinstance(level, int):
+        level = logging.getLevelName(level) if isinstance(level, str) else level
+        if not isinstance(level, int):
+            raise ConfigError(f"unknown level {level!r}")
+    payload = _ship_handlers(handlers)
+    tmpdir = None
+    if address is None:
+        tmpdir = tempfile.mkdtemp(prefix="mplog-")  # 0700
+        address = os.path.join(tmpdir, "intake.sock")
+    address = os.fspath(address)
+    try:
+        _check_address(address)
+        cfg = ListenerConfig(address=address, handlers=payload, parent_pid=os.getpid())
+        pipeline = Pipeline(cfg, tmpdir=tmpdir, install=install, level=level, options=opts)
+        pipeline._start()
+    except BaseException:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    return pipeline
+
+
+def worker_init(address: str | None = None, *, level: int = logging.NOTSET) -> None:
+    """Log this process's records into the pipeline at *address* (or ``$MPLOG_ADDRESS``).
+
+    Replaces the root logger's handlers with one :class:`mplog.QueueHandler`, sets the
+    root level, and exports ``MPLOG_ADDRESS`` for this process's children. Calling it
+    again with the same address changes nothing. Suitable as ``initializer=`` of
+    ``multiprocessing.Pool`` and ``ProcessPoolExecutor``.
+
+    Raises:
+        ConfigError: neither *address* nor ``MPLOG_ADDRESS`` is set.
+    """
+    address = resolve_address(address)
+    root = logging.getLogger()
+    root.setLevel(level)
+    os.environ[ENV_ADDRESS] = address
+    if any(isinstance(h, QueueHandler) and h.address == address for h in root.handlers):
+        return
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        if isinstance(h, QueueHandler):
+            h.close()
+    root.addHandler(QueueHandler(address))

@@ -1,0 +1,321 @@
+"""The three handler classes users see: subclasses of the stdlib ones they know.
+
+- :class:`QueueHandler` (any process): hands each record to the listener, synchronously.
+- :class:`QueueListener` (listener process): passes records to the real handlers.
+- :class:`SocketHandler` (listener process, or anywhere): the stdlib ``SocketHandler``'s
+  arguments and wire format, with one sender thread, an in-order buffer and a back-off
+  timer, so it never drops a record because it is backing off.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import pickle
+import socket
+from typing import Any
+
+from ._backoff import Backoff
+from ._buffer import OVERFLOW_POLICIES, DropReport, FrameBuffer
+from ._errors import ConfigError
+from ._framing import HEADER
+from ._intake import IntakeClient
+from ._record import encode, make_record, prepare_dict, safe_repr
+from ._sender import Sender, drop_record
+
+__all__ = ["ENV_ADDRESS", "QueueHandler", "QueueListener", "SocketHandler"]
+
+#: The environment variable through which child processes find the listener.
+ENV_ADDRESS = "MPLOG_ADDRESS"
+
+WIRES = ("pickle",)
+_PLANNED_WIRES = ("mplog", "syslog", "relp", "jsonl")
+
+
+def resolve_address(address: str | None) -> str:
+    """*address*, else ``$MPLOG_ADDRESS``; :class:`ConfigError` naming both if neither."""
+    if address:
+        return str(address)
+    env = os.environ.get(ENV_ADDRESS)
+    if env:
+        return env
+    raise ConfigError(
+        f"no mplog address: pass address= (Pipeline.address) or set the {ENV_ADDRESS} "
+        "environment variable"
+    )
+
+
+class QueueHandler(logging.handlers.QueueHandler):
+    """Send every record to the mplog listener at *address* (default ``$MPLOG_ADDRESS``).
+
+    ``emit`` encodes the record (data-only, see :func:`prepare`) and writes it to this
+    process's connection to the listener before it returns; there is no thread and no
+    queue in this process. Thread-safe and fork-safe. It never raises into the caller: a
+    listener unreachable for longer than ~2 s gets the record written to stderr instead,
+    counted, and reported to the listener once it is back.
+    """
+
+    queue: IntakeClient  # type: ignore[assignment]
+
+    def __init__(self, address: str | None = None, level: int = logging.NOTSET) -> None:
+        logging.Handler.__init__(self, level)
+        self.address = resolve_address(address)
+        self.queue = IntakeClient(self.address)
+        self.listener = None
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:  # type: ignore[override]
+        """Return a copy of *record* as the listener will see it; *record* is unchanged.
+
+        ``msg`` and ``message`` hold the merged message, ``args`` and ``exc_info`` are
+        None, ``exc_text`` holds the formatted traceback, ``stack_info`` its text, and
+        each extra is kept if JSON can represent it, else replaced by its ``repr()``.
+        """
+        return make_record(prepare_dict(record))
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.queue.send(encode(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.send(encode(record))
+        except Exception:
+            self.handleError(record)
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        # No handler lock: the intake connection has its own, held only for the write.
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
+
+    def close(self) -> None:
+        self.queue.close()
+        logging.Handler.close(self)
+
+
+class QueueListener(logging.handlers.QueueListener):
+    """The listener side: pass records to *handlers*.
+
+    Inside the mplog listener process, records arrive from the intake server through
+    :meth:`handle`; ``queue`` may be None and no thread is started. Given a queue, it
+    behaves as the stdlib class. ``respect_handler_level`` defaults to True here.
+    """
+
+    def __init__(
+        self, queue: Any, *handlers: logging.Handler, respect_handler_level: bool = True
+    ) -> None:
+        super().__init__(queue, *handlers, respect_handler_level=respect_handler_level)
+        self.handled = 0
+
+    def start(self) -> None:
+        for h in self.handlers:
+            if isinstance(h, SocketHandler):
+                h.start()
+        if self.queue is not None:
+            super().start()
+
+    def stop(self) -> None:
+        if self.queue is not None and getattr(self, "_thread", None) is not None:
+            super().stop()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def handle(self, record: logging.LogRecord) -> None:
+        respect = self.respect_handler_level
+        for handler in self.handlers:
+            if not respect or record.levelno >= handler.level:
+                handler.handle(record)
+        self.handled += 1
+
+    def handle_dict(self, d: dict[str, Any]) -> None:
+        """Handle a record given as its ``__dict__`` (what the intake decodes)."""
+        self.handle(make_record(d))
+
+
+class SocketHandler(logging.handlers.SocketHandler):
+    """A drop-in for :class:`logging.handlers.SocketHandler` that does not lose records.
+
+    Same arguments (``port=None``: *host* is a Unix socket path), same default wire (4-byte
+    big-endian length + pickled record dict, protocol 1), same ``retryStart`` (1.0),
+    ``retryFactor`` (2.0) and ``retryMax`` (30.0) attributes. Unlike the stdlib class,
+    ``emit`` only appends to an in-order buffer; one sender thread owns the connection,
+    retries on its back-off timer (plus *jitter*), and writes many records per syscall.
+
+    Options:
+        wire: ``"pickle"`` (the stdlib format).
+        buffer_records, buffer_bytes: bounds of the in-memory buffer.
+        overflow: ``"drop_oldest"`` (default), ``"drop_newest"`` or ``"block"``; every
+            drop is counted and announced by a WARNING record once connected.
+        block_timeout: seconds ``emit`` waits for room under ``"block"`` before dropping.
+        close_timeout: seconds ``close()`` spends delivering what is buffered.
+        jitter: fraction by which each back-off delay is randomly spread.
+
+    The sender thread starts with :meth:`start` (the mplog listener calls it), or at the
+    first ``emit`` when the handler is used on its own.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None,
+        *,
+        wire: str = "pickle",
+        buffer_records: int = 100_000,
+        buffer_bytes: int = 64 * 1024 * 1024,
+        overflow: str = "drop_oldest",
+        block_timeout: float = 5.0,
+        close_timeout: float = 5.0,
+        jitter: float = 0.1,
+    ) -> None:
+        if wire not in WIRES:
+            if wire in _PLANNED_WIRES:
+                raise ConfigError(f"wire={wire!r} is not implemented yet; available: pickle")
+            raise ConfigError(f"unknown wire {wire!r}; available: {', '.join(WIRES)}")
+        if port is not None and not isinstance(port, int):
+            raise ConfigError(f"port must be an int or None, got {port!r}")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ConfigError(
+                f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
+            )
+        super().__init__(host, port)  # type: ignore[arg-type]
+        self.wire = wire
+        self.jitter = jitter
+        self.close_timeout = close_timeout
+        self._options = {
+            "wire": wire,
+            "buffer_records": buffer_records,
+            "buffer_bytes": buffer_bytes,
+            "overflow": overflow,
+            "block_timeout": block_timeout,
+            "close_timeout": close_timeout,
+            "jitter": jitter,
+        }
+        Backoff(self.retryStart, self.retryFactor, self.retryMax, jitter)  # validate
+        self._sender = Sender(
+            f"{host}:{port}" if port is not None else host,
+            FrameBuffer(buffer_records, buffer_bytes, overflow),
+            self._connect,
+            self._backoff,
+            self._drop_frame,
+            block_timeout=block_timeout,
+        )
+
+    # Handlers are shipped to the listener process by pickling; locks, threads and
+    # sockets are rebuilt there rather than copied.
+    def __reduce__(self) -> Any:
+        return (_rebuild_socket_handler, (self.host, self.port, self._options, self.__dict__))
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.retryStart, self.retryFactor, self.retryMax, self.jitter)
+
+    def _connect(self) -> socket.socket:
+        return self.makeSocket()
+
+    def _drop_frame(self, report: DropReport) -> bytes:
+        return self.makePickle(drop_record(report, self._sender.name, self._sender.buffer.overflow))
+
+    def start(self) -> None:
+        """Start the sender thread (idempotent)."""
+        self._sender.start()
+
+    def makePickle(self, record: logging.LogRecord) -> bytes:
+        """The stdlib wire format, without modifying *record*."""
+        d = dict(record.__dict__)
+        if record.exc_info and not record.exc_text:
+            d["exc_text"] = logging.Formatter().formatException(record.exc_info)
+        d["msg"] = record.getMessage()
+        d["args"] = None
+        d["exc_info"] = None
+        d.pop("message", None)
+        try:
+            s = pickle.dumps(d, 1)
+        except Exception:  # an unpicklable extra: ship its repr instead of losing the record
+            s = pickle.dumps({k: _picklable(v) for k, v in d.items()}, 1)
+        return HEADER.pack(len(s)) + s
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            frame = self.makePickle(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if self._sender._thread is None:
+            self._sender.start()
+        self._sender.submit(frame)
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        # No handler lock: the sender's buffer has its own.
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
+
+    def send(self, s: bytes) -> None:
+        """Queue already-framed bytes *s* for sending (stdlib hook; never drops)."""
+        self._sender.submit(s)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything buffered was written (at most *timeout*, default 5 s)."""
+        if self._sender._thread is not None:
+            self._sender.wait_idle(self.close_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Deliver what is buffered within ``close_timeout``; count anything left."""
+        self._sender.close(self.close_timeout)
+        logging.Handler.close(self)
+
+    @property
+    def retryTime(self) -> float | None:  # type: ignore[override]
+        return self._sender.retry_time
+
+    @retryTime.setter
+    def retryTime(self, value: float | None) -> None:
+        # The stdlib sets this in __init__; our schedule lives in the sender.
+        if "_sender" in self.__dict__:
+            self._sender.retry_time = value
+
+    def idle(self) -> bool:
+        return self._sender.idle()
+
+    def stats(self) -> dict[str, int]:
+        s = self._sender
+        with s._cond:
+            return {
+                "sent": s.sent,
+                "buffered": len(s.buffer),
+                "buffered_bytes": s.buffer.nbytes,
+                "dropped": s.buffer.dropped,
+                "reconnects": s.reconnects,
+                "connected": int(s.connected),
+                "drop_reports": s.reports_sent,
+            }
+
+
+def _picklable(value: object) -> object:
+    try:
+        pickle.dumps(value, 1)
+    except Exception:
+        return safe_repr(value)
+    return value
+
+
+def _rebuild_socket_handler(
+    host: str, port: int | None, options: dict[str, Any], state: dict[str, Any]
+) -> SocketHandler:
+    h = SocketHandler(host, port, **options)
+    # Carry over what users may have set: level, formatter, filters, retry attributes.
+    h.setLevel(state.get("level", logging.NOTSET))
+    h.formatter = state.get("formatter")
+    h.filters = list(state.get("filters", []))
+    h.name = state.get("_name")  # type: ignore[assignment]
+    for attr in ("retryStart", "retryFactor", "retryMax", "closeOnError"):
+        if attr in state:
+            setattr(h, attr, state[attr])
+    return h
+

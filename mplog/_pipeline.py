@@ -43,6 +43,9 @@ _DEFAULT_OPTIONS: dict[str, Any] = {
     "start_timeout": 60.0,
 }
 
+#: Pipelines of this process that are running (started and not yet stopped).
+_live: set[Pipeline] = set()
+
 Handlers = Sequence[logging.Handler] | Callable[[], Sequence[logging.Handler]]
 
 
@@ -94,6 +97,22 @@ def _ship_handlers(handlers: Handlers) -> bytes:
             f"{what} cannot be shipped to the listener process ({type(exc).__name__}: {exc}); "
             "pass a callable that builds them there instead"
         ) from exc
+
+
+def _stop_resource_tracker() -> None:
+    """End the helper process ``multiprocess`` starts for spawned children.
+
+    It would otherwise outlive ``stop()`` until this process exits; ``multiprocess``
+    starts a new one on demand, so other users of it are unaffected.
+    """
+    from multiprocess import resource_tracker
+
+    if _live:
+        return  # another pipeline of this process still uses it
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop = getattr(tracker, "_stop", None)
+    if stop is not None:
+        stop()
 
 
 class Pipeline:
@@ -186,6 +205,7 @@ class Pipeline:
         )
         self._supervisor.start()
         atexit.register(self._atexit)
+        _live.add(self)
         if self._install:
             root = logging.getLogger()
             self._saved_root = (list(root.handlers), root.level)
@@ -292,6 +312,8 @@ class Pipeline:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._wake_r.close()
         self._wake_w.close()
+        _live.discard(self)
+        _stop_resource_tracker()
         atexit.unregister(self._atexit)
         with self._lock:
             self._stopped = True

@@ -1,0 +1,116 @@
+"""Shared test helpers: a real receiver process, condition waits, leak checks."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def die_with_parent() -> None:  # preexec_fn: a crashed test run leaks no receiver
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll *cond* until it returns something truthy; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Receiver:
+    """``tests/receiver.py`` in its own process; records land in a JSON-lines file."""
+
+    def __init__(self, tmp: pathlib.Path, port: int = 0) -> None:
+        self.out = tmp / f"received-{time.monotonic_ns()}.jsonl"
+        self.port = port
+        self.proc: subprocess.Popen[str] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.receiver", "--port", str(self.port), "--out", str(self.out)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=die_with_parent,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.kill()
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        text = self.out.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [e for e in self.events() if e["event"] == "record"]
+
+    def connections(self) -> int:
+        return sum(1 for e in self.events() if e["event"] == "connect")
+
+    def wait_records(self, n: int, timeout: float = 30.0, where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        def enough() -> list[dict[str, Any]] | None:
+            recs = self.records()
+            if where is not None:
+                recs = [r for r in recs if where(r)]
+            return recs if len(recs) >= n else None
+
+        return wait_until(enough, timeout, f"{n} records at the receiver")  # type: ignore[no-any-return]
+
+
+def children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def assert_no_children(timeout: float = 10.0) -> None:
+    """Every child process of the test has exited (waits up to *timeout*, then kills)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = children()
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            desc = [(p.pid, p.name(), p.cmdline()[:4]) for p in left]
+            for p in left:
+                p.kill()
+            raise AssertionError(f"test left child processes behind: {desc}")
+        time.sleep(0.02)
+
+
+def env_with_root() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    return env

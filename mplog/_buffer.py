@@ -86,7 +86,9 @@ class FrameBuffer:
         if not self._fits(size):
             if self.overflow == "block":
                 return False
-            if self.overflow == "drop_oldest":
+            if self.overflow == "drop_oldest" and size <= self.max_bytes:
+                # (A frame bigger than the whole buffer can never fit: evicting others
+                # for it would only lose more.)
                 frames = self._frames
                 while len(frames) > self._pinned and not self._fits(size):
                     old = frames[self._pinned]

@@ -234,9 +234,8 @@ class IntakeServer:
                     self.torn_frames += 1
                 self._close_conn(sock)
                 return
-            if bodies:
-                if not self._process(sock, bodies):
-                    return
+            if bodies and not self._process(sock, bodies):
+                return
             if not data:
                 self._close_conn(sock)
                 return
@@ -387,8 +386,8 @@ class IntakeServer:
         pathlib.Path(self.address).unlink(missing_ok=True)
         self.drain_all()
         timeout = self._close_timeout if self._close_timeout is not None else 5.0
-        for h in self.socket_handlers:
-            h.close_timeout = min(h.close_timeout, timeout)
+        for sh in self.socket_handlers:
+            sh.close_timeout = min(sh.close_timeout, timeout)
         self.listener.stop()
         for h in self.handlers:
             try:

@@ -30,7 +30,8 @@ from typing import Any
 
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
-from ._listener import ListenerConfig, main as listener_main
+from ._listener import ListenerConfig
+from ._listener import main as listener_main
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
 
 __all__ = ["Pipeline", "start", "worker_init"]

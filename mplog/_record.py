@@ -191,7 +191,7 @@ def decode(body: bytes) -> list[Any] | dict[str, Any]:
 
 def record_dict(fields: list[Any]) -> dict[str, Any]:
     """Turn a decoded field list into a ``LogRecord.__dict__``-shaped dict."""
-    d = dict(zip(FIELDS, fields))
+    d = dict(zip(FIELDS, fields, strict=False))  # extras follow the fields
     extras = fields[_NFIELDS]
     if extras:
         for k, v in extras.items():

@@ -14,7 +14,10 @@ import logging.handlers
 import os
 import pickle
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 from ._backoff import Backoff
 from ._buffer import OVERFLOW_POLICIES, DropReport, FrameBuffer
@@ -64,7 +67,7 @@ class QueueHandler(logging.handlers.QueueHandler):
         self.queue = IntakeClient(self.address)
         self.listener = None
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:  # type: ignore[override]
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """Return a copy of *record* as the listener will see it; *record* is unchanged.
 
         ``msg`` and ``message`` hold the merged message, ``args`` and ``exc_info`` are
@@ -181,7 +184,7 @@ class SocketHandler(logging.handlers.SocketHandler):
             raise ConfigError(
                 f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
             )
-        super().__init__(host, port)  # type: ignore[arg-type]
+        super().__init__(host, port)
         self.wire = wire
         self.jitter = jitter
         self.close_timeout = close_timeout
@@ -256,9 +259,9 @@ class SocketHandler(logging.handlers.SocketHandler):
             self.emit(record)
         return rv
 
-    def send(self, s: bytes) -> None:
+    def send(self, s: ReadableBuffer) -> None:
         """Queue already-framed bytes *s* for sending (stdlib hook; never drops)."""
-        self._sender.submit(s)
+        self._sender.submit(bytes(s))
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything buffered was written (at most *timeout*, default 5 s)."""
@@ -271,7 +274,7 @@ class SocketHandler(logging.handlers.SocketHandler):
         logging.Handler.close(self)
 
     @property
-    def retryTime(self) -> float | None:  # type: ignore[override]
+    def retryTime(self) -> float | None:
         return self._sender.retry_time
 
     @retryTime.setter
@@ -313,7 +316,7 @@ def _rebuild_socket_handler(
     h.setLevel(state.get("level", logging.NOTSET))
     h.formatter = state.get("formatter")
     h.filters = list(state.get("filters", []))
-    h.name = state.get("_name")  # type: ignore[assignment]
+    h.name = state.get("_name")
     for attr in ("retryStart", "retryFactor", "retryMax", "closeOnError"):
         if attr in state:
             setattr(h, attr, state[attr])

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mplog import ProtocolError
+from mplog._framing import FrameSplitter, frame
+
+
+def test_whole_frames_in_one_feed() -> None:
+    s = FrameSplitter()
+    assert s.feed(frame(b"a") + frame(b"") + frame(b"xyz")) == [b"a", b"", b"xyz"]
+    assert s.pending == 0
+
+
+def test_byte_by_byte() -> None:
+    data = frame(b"hello") + frame(b"world")
+    s = FrameSplitter()
+    out: list[bytes] = []
+    for i in range(len(data)):
+        out += s.feed(data[i : i + 1])
+    assert out == [b"hello", b"world"]
+
+
+def test_trailing_partial_is_kept_until_complete() -> None:
+    s = FrameSplitter()
+    data = frame(b"one") + frame(b"two")
+    assert s.feed(data[:-1]) == [b"one"]
+    assert s.pending == len(frame(b"two")) - 1
+    assert s.feed(data[-1:]) == [b"two"]
+
+
+def test_eof_inside_a_frame_is_a_protocol_error() -> None:
+    s = FrameSplitter()
+    s.feed(frame(b"abc")[:5])
+    with pytest.raises(ProtocolError, match="inside a frame"):
+        s.feed(b"")
+
+
+def test_clean_eof() -> None:
+    assert FrameSplitter().feed(b"") == []
+
+
+def test_oversized_length_refused_before_body_arrives() -> None:
+    s = FrameSplitter(max_frame=10)
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        s.feed(struct.pack(">L", 11))  # only the header: nothing buffered for the body
+    assert s.pending == 0
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20), st.data())
+def test_any_split_yields_the_same_frames(bodies: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(frame(b) for b in bodies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    s = FrameSplitter()
+    out: list[bytes] = []
+    prev = 0
+    for c in [*cuts, len(stream)]:
+        out += s.feed(stream[prev:c]) if c > prev else []
+        prev = c
+    assert out == bodies
+
+
+@given(st.binary(max_size=2000))
+def test_fuzz_only_protocol_error(data: bytes) -> None:
+    s = FrameSplitter(max_frame=1000)
+    try:
+        for body in s.feed(data):
+            assert len(body) <= 1000
+        s.feed(b"")
+    except ProtocolError:
+        return

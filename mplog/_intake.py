@@ -24,7 +24,7 @@ from typing import Any
 
 from ._errors import MplogError, ProtocolError
 from ._framing import FrameSplitter
-from ._record import decode, encode_control
+from ._record import decode_control, decode_record, encode_control
 
 __all__ = ["IntakeClient", "control_request"]
 
@@ -151,10 +151,8 @@ class IntakeClient:
         self._lost += 1
         self.lost_total += 1
         try:
-            value = decode(frame[4:])
-            text = (
-                f"{value[2]} {value[0]}: {value[3]}" if isinstance(value, list) else str(value)
-            )
+            d = decode_record(frame[4:])
+            text = f"{d['levelname']} {d['name']}: {d['msg']}"
         except ProtocolError as exc:
             text = f"(undecodable record: {exc})"
         line = f"mplog: listener unreachable at {self.address}; record not delivered: {text}\n"
@@ -187,10 +185,7 @@ def control_request(address: str, message: dict[str, Any], timeout: float) -> di
                 data = s.recv(65536)
                 bodies = splitter.feed(data)
                 if bodies:
-                    reply = decode(bodies[0])
-                    if not isinstance(reply, dict):
-                        raise MplogError(f"listener sent a record in reply to {message['op']!r}")
-                    return reply
+                    return decode_control(bodies[0])
                 if not data:
                     raise MplogError(f"listener at {address} closed the control connection")
         except (OSError, ProtocolError) as exc:

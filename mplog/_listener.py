@@ -16,7 +16,6 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -33,7 +32,7 @@ import psutil
 
 from ._errors import ProtocolError
 from ._framing import FrameSplitter
-from ._record import FIELDS, decode, encode_control, make_record, record_dict
+from ._record import decode_control, decode_records, encode_control, is_record, make_record
 from .handlers import QueueListener, SocketHandler
 
 __all__ = ["ListenerConfig", "main"]
@@ -44,7 +43,6 @@ READ_SIZE = 256 * 1024
 IDLE_TICK = 0.25
 #: Seconds the handlers get to deliver what they hold when the parent died.
 ORPHAN_CLOSE_TIMEOUT = 1.0
-_NREC = len(FIELDS) + 1
 
 
 @dataclass
@@ -244,31 +242,20 @@ class IntakeServer:
 
     def _process(self, sock: socket.socket, bodies: list[bytes]) -> bool:
         """Handle the frames of one read; False if the connection was closed."""
-        records = [b for b in bodies if b[:1] == b"["]
+        records = [b for b in bodies if is_record(b)]
         if len(records) != len(bodies):
             for body in bodies:
-                if body[:1] != b"[":
+                if not is_record(body):
                     try:
-                        msg = decode(body)
+                        msg = decode_control(body)
                     except ProtocolError as exc:
                         return self._bad(sock, exc)
-                    self._control(sock, msg)  # type: ignore[arg-type]
+                    self._control(sock, msg)
         if records:
-            try:
-                batch = json.loads(b"[" + b",".join(records) + b"]")
-                for fields in batch:
-                    if len(fields) != _NREC:
-                        raise ValueError("wrong field count")
-            except (ValueError, TypeError, RecursionError):
-                # Find the bad frame; the good ones before it still count.
-                batch = []
-                for body in records:
-                    try:
-                        batch.append(decode(body))
-                    except ProtocolError as exc:
-                        self._handle_batch(batch)
-                        return self._bad(sock, exc)
+            batch, error = decode_records(records)
             self._handle_batch(batch)
+            if error is not None:
+                return self._bad(sock, error)
         return sock in self.conns
 
     def _bad(self, sock: socket.socket, exc: Exception) -> bool:
@@ -277,12 +264,12 @@ class IntakeServer:
         self._close_conn(sock)
         return False
 
-    def _handle_batch(self, batch: list[Any]) -> None:
+    def _handle_batch(self, batch: list[dict[str, Any]]) -> None:
         handle = self.listener.handle
-        for fields in batch:
+        for d in batch:
             self.received += 1
             try:
-                handle(make_record(record_dict(fields)))
+                handle(make_record(d))
             except Exception as exc:  # a handler bug must not end the listener
                 self.handler_errors += 1
                 sys.stderr.write(f"mplog listener: handler failed: {type(exc).__name__}: {exc}\n")

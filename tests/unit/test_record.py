@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mplog import ProtocolError
-from mplog._record import decode, encode, make_record, prepare_dict, record_dict
+from mplog._record import (
+    decode_control,
+    decode_record,
+    decode_records,
+    encode,
+    make_record,
+    prepare_dict,
+)
 
 
 def _record(msg: str = "hello %s", args: tuple[object, ...] = ("world",), **extra: object) -> logging.LogRecord:
@@ -19,9 +26,7 @@ def _record(msg: str = "hello %s", args: tuple[object, ...] = ("world",), **extr
 
 def _roundtrip(rec: logging.LogRecord) -> dict[str, object]:
     frame = encode(rec)
-    fields = decode(frame[4:])
-    assert isinstance(fields, list)
-    return record_dict(fields)
+    return decode_record(frame[4:])
 
 
 def test_standard_fields_survive() -> None:
@@ -86,11 +91,35 @@ def test_unpicklable_args_are_merged() -> None:
 
 
 def test_an_extra_never_overrides_a_standard_field() -> None:
-    fields = decode(encode(_record())[4:])
-    assert isinstance(fields, list)
-    fields[-1] = {"levelno": 99, "ok": 1}
-    d = record_dict(fields)
+    body = encode(_record(ok=1))[4:]
+    forged = body.replace(b'{"ok":1}', b'{"levelno":99,"ok":1}')
+    assert forged != body
+    d = decode_record(forged)
     assert d["levelno"] == logging.INFO and d["ok"] == 1
+
+
+def test_times_are_exact() -> None:
+    rec = _record()
+    d = _roundtrip(rec)
+    assert (d["created"], d["msecs"], d["relativeCreated"]) == (rec.created, rec.msecs, rec.relativeCreated)
+
+
+def test_batch_decode_stops_at_the_bad_frame() -> None:
+    good = [encode(_record("m%d", (i,)))[4:] for i in range(3)]
+    out, err = decode_records(good)
+    assert err is None and [d["msg"] for d in out] == ["m0", "m1", "m2"]
+    out, err = decode_records([good[0], b"R" + b"\0" * 24 + b"[1,2]", good[2]])
+    assert [d["msg"] for d in out] == ["m0"]
+    assert isinstance(err, ProtocolError)
+
+
+def test_extras_path_and_plain_path_agree() -> None:
+    plain = _roundtrip(_record())
+    with_extra = _roundtrip(_record(k="v"))
+    with_extra.pop("k")
+    for key in ("created", "msecs", "relativeCreated", "thread", "lineno"):
+        plain.pop(key), with_extra.pop(key)
+    assert plain == with_extra
 
 
 def test_non_ascii_and_surrogates() -> None:
@@ -104,20 +133,29 @@ def test_prepare_dict_matches_the_wire() -> None:
 
 
 def test_control_messages_decode_as_dicts() -> None:
-    assert decode(json.dumps({"op": "stats"}).encode()) == {"op": "stats"}
+    assert decode_control(json.dumps({"op": "stats"}).encode()) == {"op": "stats"}
 
 
 @given(st.binary(max_size=500))
 def test_fuzz_decode_only_protocol_error(data: bytes) -> None:
-    try:
-        decode(data)
-    except ProtocolError:
-        return
+    for fn in (decode_record, decode_control):
+        try:
+            fn(data)
+        except ProtocolError:
+            continue
+    out, err = decode_records([data, data])
+    assert err is not None or len(out) == 2
 
 
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(), lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(), c, max_size=5), max_leaves=20))
 def test_fuzz_json_shaped_garbage_only_protocol_error(value: object) -> None:
+    text = json.dumps(value).encode()
+    for body in (text, b"R" + bytes(24) + text):
+        try:
+            decode_record(body)
+        except ProtocolError:
+            continue
     try:
-        decode(json.dumps(value).encode())
+        decode_control(text)
     except ProtocolError:
         return

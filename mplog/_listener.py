@@ -265,14 +265,12 @@ class IntakeServer:
         return False
 
     def _handle_batch(self, batch: list[dict[str, Any]]) -> None:
-        handle = self.listener.handle
-        for d in batch:
-            self.received += 1
-            try:
-                handle(make_record(d))
-            except Exception as exc:  # a handler bug must not end the listener
-                self.handler_errors += 1
-                sys.stderr.write(f"mplog listener: handler failed: {type(exc).__name__}: {exc}\n")
+        self.received += len(batch)
+        try:
+            self.listener.handle_batch(batch)
+        except Exception as exc:  # a handler bug must not end the listener
+            self.handler_errors += 1
+            sys.stderr.write(f"mplog listener: handler failed: {type(exc).__name__}: {exc}\n")
 
     # -- control --------------------------------------------------------------------------
 
@@ -353,7 +351,7 @@ class IntakeServer:
             "worker_lost": self.worker_lost,
             "torn_frames": self.torn_frames,
             "bad_frames": self.bad_frames,
-            "handler_errors": self.handler_errors,
+            "handler_errors": self.handler_errors + self.listener.errors,
             "connections": len(self.conns),
             "pid": os.getpid(),
         }

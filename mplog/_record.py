@@ -252,12 +252,14 @@ def _to_dict(times: tuple[float, float, float], fields: Any) -> dict[str, Any]:
     d["created"], d["msecs"], d["relativeCreated"] = times
     d["args"] = None
     d["exc_info"] = None
-    d["message"] = d["msg"]
     return d
 
 
 def decode_record(body: bytes) -> dict[str, Any]:
     """Decode one record body into a ``LogRecord.__dict__``-shaped dict.
+
+    ``msg`` holds the merged message and ``args``/``exc_info`` are None, as in the dict the
+    stdlib ``SocketHandler`` pickles (no ``message`` key: :func:`make_record` adds it).
 
     Raises :class:`ProtocolError` for anything that is not a well-formed record.
     """
@@ -307,7 +309,9 @@ def decode_control(body: bytes) -> dict[str, Any]:
 
 def prepare_dict(record: logging.LogRecord) -> dict[str, Any]:
     """The ``__dict__`` of the record the listener will rebuild from ``encode(record)``."""
-    return decode_record(encode(record)[4:])
+    d = decode_record(encode(record)[4:])
+    d["message"] = d["msg"]
+    return d
 
 
 def make_record(d: dict[str, Any]) -> logging.LogRecord:
@@ -318,4 +322,5 @@ def make_record(d: dict[str, Any]) -> logging.LogRecord:
     """
     rv = logging.LogRecord.__new__(logging.LogRecord)
     rv.__dict__.update(d)
+    rv.message = d["msg"]
     return rv

@@ -134,6 +134,19 @@ class Sender:
                     return
             self.buffer.drop(time.time())
 
+    def submit_many(self, frames: list[bytes]) -> None:
+        """``submit`` each frame, taking the lock once (``block`` falls back to one by one)."""
+        if self.buffer.overflow == "block":
+            for f in frames:
+                self.submit(f)
+            return
+        with self._cond:
+            now = time.time()
+            push = self.buffer.push
+            for f in frames:
+                push(f, now)
+            self._cond.notify_all()
+
     def idle(self) -> bool:
         """True when nothing is buffered or being written."""
         with self._cond:

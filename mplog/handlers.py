@@ -27,14 +27,13 @@ from ._framing import HEADER
 from ._intake import IntakeClient
 from ._record import encode, make_record, prepare_dict, safe_repr
 from ._sender import Sender, drop_record
+from ._wires import make_wire
 
 __all__ = ["ENV_ADDRESS", "QueueHandler", "QueueListener", "SocketHandler"]
 
 #: The environment variable through which child processes find the listener.
 ENV_ADDRESS = "MPLOG_ADDRESS"
 
-WIRES = ("pickle",)
-_PLANNED_WIRES = ("mplog", "syslog", "relp", "jsonl")
 
 
 def resolve_address(address: str | None) -> str:
@@ -174,7 +173,8 @@ class SocketHandler(logging.handlers.SocketHandler):
     retries on its back-off timer (plus *jitter*), and writes many records per syscall.
 
     Options:
-        wire: ``"pickle"`` (the stdlib format).
+        wire: ``"pickle"`` (the stdlib format, default), ``"syslog"`` or ``"jsonl"``; other
+            keyword arguments are that wire's options (see ``docs/destinations.md``).
         buffer_records, buffer_bytes: bounds of the in-memory buffer.
         overflow: ``"drop_oldest"`` (default), ``"drop_newest"`` or ``"block"``; every
             drop is counted and announced by a WARNING record once connected.
@@ -198,11 +198,9 @@ class SocketHandler(logging.handlers.SocketHandler):
         block_timeout: float = 5.0,
         close_timeout: float = 5.0,
         jitter: float = 0.1,
+        **wire_options: Any,
     ) -> None:
-        if wire not in WIRES:
-            if wire in _PLANNED_WIRES:
-                raise ConfigError(f"wire={wire!r} is not implemented yet; available: pickle")
-            raise ConfigError(f"unknown wire {wire!r}; available: {', '.join(WIRES)}")
+        self._wire = make_wire(wire, wire_options)
         if port is not None and not isinstance(port, int):
             raise ConfigError(f"port must be an int or None, got {port!r}")
         if overflow not in OVERFLOW_POLICIES:
@@ -221,6 +219,7 @@ class SocketHandler(logging.handlers.SocketHandler):
             "block_timeout": block_timeout,
             "close_timeout": close_timeout,
             "jitter": jitter,
+            **wire_options,
         }
         Backoff(self.retryStart, self.retryFactor, self.retryMax, jitter)  # validate
         self._sender = Sender(
@@ -244,7 +243,17 @@ class SocketHandler(logging.handlers.SocketHandler):
         return self.makeSocket()
 
     def _drop_frame(self, report: DropReport) -> bytes:
-        return self.makePickle(drop_record(report, self._sender.name, self._sender.buffer.overflow))
+        record = drop_record(report, self._sender.name, self._sender.buffer.overflow)
+        if self._wire is None:
+            return self.makePickle(record)
+        return self._wire.encode(prepare_dict(record))
+
+    def _encode(self, record: logging.LogRecord) -> bytes:
+        if self._wire is None:
+            return self.makePickle(record)
+        if record.args is None and record.exc_info is None:
+            return self._wire.encode(record.__dict__)  # already prepared by the pipeline
+        return self._wire.encode(prepare_dict(record))
 
     def start(self) -> None:
         """Start the sender thread (idempotent)."""
@@ -266,10 +275,14 @@ class SocketHandler(logging.handlers.SocketHandler):
         dumps = pickle.dumps
         pack = HEADER.pack
         frames = []
+        wire = self._wire
         for d in batch:
             if d["levelno"] >= level:
-                s = dumps(d, 1)
-                frames.append(pack(len(s)) + s)
+                if wire is None:
+                    s = dumps(d, 1)
+                    frames.append(pack(len(s)) + s)
+                else:
+                    frames.append(wire.encode(d))
         if self._sender._thread is None:
             self._sender.start()
         self._sender.submit_many(frames)
@@ -291,7 +304,7 @@ class SocketHandler(logging.handlers.SocketHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            frame = self.makePickle(record)
+            frame = self._encode(record)
         except Exception:
             self.handleError(record)
             return

@@ -122,6 +122,45 @@ class FrameBuffer:
         self._pinned = len(out)
         return out
 
+    def pin_more(self, max_bytes: int, max_count: int) -> list[bytes]:
+        """Pin and return frames after those already pinned (acknowledged wires).
+
+        Returns up to *max_count* frames and *max_bytes* bytes (at least one frame if any
+        is unpinned and *max_count* > 0). Pinned frames stay until :meth:`ack` or
+        :meth:`unpin`.
+        """
+        out: list[bytes] = []
+        total = 0
+        frames = self._frames
+        i = self._pinned
+        while i < len(frames) and len(out) < max_count:
+            f = frames[i]
+            if out and total + len(f) > max_bytes:
+                break
+            out.append(f)
+            total += len(f)
+            i += 1
+        self._pinned = i
+        return out
+
+    @property
+    def unpinned(self) -> int:
+        """Frames not yet handed out by :meth:`pin_more`."""
+        return len(self._frames) - self._pinned
+
+    def ack(self, n: int) -> None:
+        """Remove the first *n* pinned frames (acknowledged); the rest stay pinned."""
+        if n > self._pinned:
+            raise ValueError(f"ack({n}) with only {self._pinned} frames pinned")
+        frames = self._frames
+        for _ in range(n):
+            self._bytes -= len(frames.popleft())
+        self._pinned -= n
+
+    def unpin(self) -> None:
+        """Forget every pin (the connection broke: pinned frames will be sent again)."""
+        self._pinned = 0
+
     def release(self, n: int) -> None:
         """Remove the first *n* pinned frames (they were delivered); unpin the rest."""
         if n > self._pinned:

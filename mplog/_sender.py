@@ -21,10 +21,16 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ._backoff import Backoff
 from ._buffer import DropReport, FrameBuffer
+from ._errors import ProtocolError
+from ._wires import AckedWire, Session
+
+#: Seconds a connection has to complete an acknowledged wire's handshake.
+HANDSHAKE_TIMEOUT = 5.0
 
 __all__ = ["Sender"]
 
@@ -63,6 +69,14 @@ def _peer_closed(sock: socket.socket) -> bool:
     return data == b""
 
 
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            continue
+    except BlockingIOError:
+        return
+
+
 class Sender:
     """The connection, buffer and back-off timer behind one socket handler.
 
@@ -81,8 +95,21 @@ class Sender:
         *,
         block_timeout: float = 5.0,
         rng: random.Random | None = None,
+        acked: AckedWire | None = None,
     ) -> None:
         self.name = name
+        self._acked = acked
+        self._session: Session | None = None
+        # Acknowledged wires: what is on the wire and not yet acknowledged, in order;
+        # True marks a drop-report frame (not in the buffer), False a buffered record.
+        self._inflight: deque[bool] = deque()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        if acked is not None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+        self._selecting = False
+        self._report_inflight: DropReport | None = None
         self.buffer = buffer
         self._connect_fn = connect
         self._backoff = backoff
@@ -120,6 +147,7 @@ class Sender:
         with self._cond:
             if self.buffer.push(frame, time.time()):
                 self._cond.notify_all()
+                self._wake()
                 return
             if self.buffer.overflow != "block":
                 return  # dropped and counted by the buffer
@@ -146,6 +174,16 @@ class Sender:
             for f in frames:
                 push(f, now)
             self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        # Called with the lock held: rouse the sender from select() (acknowledged wires).
+        if self._selecting and self._wake_w is not None:
+            self._selecting = False
+            try:
+                self._wake_w.send(b"x", socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return  # a wake-up is already pending
 
     def idle(self) -> bool:
         """True when nothing is buffered or being written."""
@@ -186,6 +224,9 @@ class Sender:
             self._cond.notify_all()
         if sock is not None:
             sock.close()
+        for w in (self._wake_r, self._wake_w):
+            if w is not None:
+                w.close()
 
     # -- the sender thread ------------------------------------------------------------
 
@@ -199,6 +240,10 @@ class Sender:
                 self._connect()
             elif action == "probe":
                 self._probe()
+            elif action == "await":
+                self._await_acks()
+            elif self._acked is not None:
+                self._send_acked()
             else:
                 self._send_batch()
 
@@ -216,7 +261,13 @@ class Sender:
                     wait = min(wait, self._close_deadline - now)
                 cond.wait(wait)
                 continue
-            if self.buffer:
+            if self._acked is not None:
+                if self.buffer.unpinned and len(self._inflight) < self._acked.window:
+                    return "send"
+                if self._inflight:
+                    self._selecting = True
+                    return "await"
+            elif self.buffer:
                 return "send"
             if self._closing:
                 return "exit"
@@ -227,8 +278,10 @@ class Sender:
         try:
             sock = self._connect_fn()
             _set_keepalive(sock)
+            if self._acked is not None:
+                self._session = self._handshake(sock)
             sock.settimeout(SEND_SLICE)
-        except OSError as exc:
+        except (OSError, ProtocolError) as exc:
             with self._cond:
                 self._failures += 1
                 self._had_trouble = True
@@ -246,11 +299,38 @@ class Sender:
                 self._had_trouble = False
             self._cond.notify_all()
 
+    def _handshake(self, sock: socket.socket) -> Session:
+        assert self._acked is not None
+        session = self._acked.new_session()
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        try:
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            sock.sendall(session.handshake())
+            while not session.ready:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ProtocolError("handshake timed out")
+                sock.settimeout(remaining)
+                if session.receive(sock.recv(65536)):
+                    raise ProtocolError("acknowledgement before the handshake completed")
+        except BaseException:
+            sock.close()
+            raise
+        return session
+
     def _lose_connection(self, error: str) -> None:
         # Called with the lock held. Reconnect at once: the receiver may already be back.
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+        if self._acked is not None:
+            # Everything not acknowledged goes again, in order, on the next connection.
+            self._inflight.clear()
+            self.buffer.unpin()
+            self._session = None
+            if self._report_inflight is not None:
+                self.buffer.restore_report(self._report_inflight)
+                self._report_inflight = None
         self._had_trouble = True
         self.last_error = error
         self._retry_at = time.monotonic()
@@ -260,6 +340,99 @@ class Sender:
         if sock is not None and _peer_closed(sock):
             with self._cond:
                 self._lose_connection("peer closed the connection")
+
+    def _send_acked(self) -> None:
+        assert self._acked is not None
+        with self._cond:
+            sock, session = self._sock, self._session
+            if sock is None or session is None:
+                return
+            head = b""
+            kinds: list[bool] = []
+            if not self._inflight and self._report_inflight is None:
+                report = self.buffer.take_report()
+                if report is not None:
+                    head = session.frame(self._drop_frame(report))
+                    self._report_inflight = report
+                    kinds.append(True)
+            room = self._acked.window - len(self._inflight) - len(kinds)
+            payloads = self.buffer.pin_more(BATCH_BYTES, room)
+            self._sending = True
+        data = head + b"".join([session.frame(p) for p in payloads])
+        kinds.extend([False] * len(payloads))
+        error = self._write_all(sock, data)
+        with self._cond:
+            self._sending = False
+            if error is None:
+                self._inflight.extend(kinds)
+            else:
+                self._lose_connection(error)
+            self._cond.notify_all()
+        if error is None:
+            self._read_acks(sock, session, block=False)
+
+    def _await_acks(self) -> None:
+        sock, session, wake = self._sock, self._session, self._wake_r
+        if sock is None or session is None or wake is None:
+            return
+        try:
+            readable, _, _ = select.select([sock, wake], [], [], IDLE_PROBE)
+        except (OSError, ValueError) as exc:
+            with self._cond:
+                self._selecting = False
+                self._lose_connection(f"select: {exc}")
+            return
+        with self._cond:
+            self._selecting = False
+        if wake in readable:
+            _drain(wake)
+        if sock in readable:
+            self._read_acks(sock, session, block=True)
+
+    def _read_acks(self, sock: socket.socket, session: Session, *, block: bool) -> None:
+        acked = 0
+        error: str | None = None
+        try:
+            while True:
+                flags = 0 if block else socket.MSG_DONTWAIT
+                data = sock.recv(65536, flags)
+                acked += session.receive(data)
+                block = False
+                if len(data) < 65536:
+                    break
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            error = None
+        except ProtocolError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = f"recv: {exc}"
+        with self._cond:
+            if acked:
+                records = 0
+                for _ in range(acked):
+                    if self._inflight.popleft():
+                        self.reports_sent += 1
+                        self._report_inflight = None
+                    else:
+                        records += 1
+                self.buffer.ack(records)
+                self.sent += records
+            if error is not None and self._sock is sock:
+                self._lose_connection(error)
+            self._cond.notify_all()
+
+    def _write_all(self, sock: socket.socket, data: bytes) -> str | None:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            try:
+                done += sock.send(view[done:])
+            except (TimeoutError, InterruptedError):
+                if self._closing and time.monotonic() >= self._close_deadline:
+                    return "gave up sending at close"
+            except OSError as exc:
+                return f"send: {exc}"
+        return None
 
     def _send_batch(self) -> None:
         with self._cond:

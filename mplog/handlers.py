@@ -229,6 +229,7 @@ class SocketHandler(logging.handlers.SocketHandler):
             self._backoff,
             self._drop_frame,
             block_timeout=block_timeout,
+            acked=self._wire if hasattr(self._wire, "new_session") else None,  # type: ignore[arg-type]
         )
 
     # Handlers are shipped to the listener process by pickling; locks, threads and

@@ -10,6 +10,7 @@ Importing mplog changes nothing: no handler, thread or hook exists until you cal
 
 from __future__ import annotations
 
+from ._collector import Collector
 from ._errors import ConfigError, MplogError, ProtocolError
 from ._pipeline import Pipeline, start, worker_init
 from .handlers import ENV_ADDRESS, QueueHandler, QueueListener, SocketHandler
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENV_ADDRESS",
+    "Collector",
     "ConfigError",
     "MplogError",
     "Pipeline",

@@ -33,7 +33,66 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--records", type=_positive, default=20000, help="records to log in all (default 20000)"
     )
+    serve = sub.add_parser("serve", help="run the collector: receive records, write JSON lines")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--port", type=_port, default=9020, help="TCP port (0: any free port)")
+    where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--output", default="-", metavar="FILE",
+                       help="append records to FILE ('-': stdout, the default)")
+    serve.add_argument("--hmac-key-file", metavar="FILE",
+                       help="require mplog-wire frames signed with the key in FILE")
+    serve.add_argument("--text", action="store_true", help="human-readable lines, not JSON")
+    serve.add_argument("--max-bytes", type=_nonneg, default=0,
+                       help="rotate the output file at this size (0: never)")
+    serve.add_argument("--backup-count", type=_nonneg, default=5,
+                       help="rotated files to keep (default 5)")
+    serve.add_argument("--fsync", action="store_true",
+                       help="fsync the output before acknowledging records")
     return p
+
+
+def _port(text: str) -> int:
+    value = _nonneg(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def _nonneg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from ._collector import Collector
+    from ._errors import MplogError
+
+    try:
+        collector = Collector(
+            args.host, None if args.unix else args.port, unix=args.unix, output=args.output,
+            hmac_key_file=args.hmac_key_file, text=args.text, max_bytes=args.max_bytes,
+            backup_count=args.backup_count, fsync=args.fsync,
+        )
+    except MplogError as exc:
+        sys.stderr.write(f"mplog serve: {exc}\n")
+        return 2
+
+    def _stop(signum: int, frame: object) -> None:
+        collector.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"listening on {collector.address}", flush=True)
+    collector.serve_forever()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,5 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         from ._demo import run
 
         return run(workers=args.workers, records=args.records)
+    if args.command == "serve":
+        return _serve(args)
     _parser().print_help(sys.stderr)
     return 2

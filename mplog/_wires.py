@@ -69,9 +69,10 @@ WIRE_MODULES: dict[str, tuple[str, str]] = {
     "syslog": ("mplog._syslog", "SyslogWire"),
     "jsonl": ("mplog._jsonl", "JsonlWire"),
     "relp": ("mplog._relpwire", "RelpWire"),
+    "mplog": ("mplog._mplogwire", "MplogWire"),
 }
 #: Wires named by the contract that this version does not implement yet.
-PLANNED = ("mplog",)
+PLANNED: tuple[str, ...] = ()
 
 
 def wire_names() -> list[str]:

@@ -235,7 +235,10 @@ class SocketHandler(logging.handlers.SocketHandler):
     # Handlers are shipped to the listener process by pickling; locks, threads and
     # sockets are rebuilt there rather than copied.
     def __reduce__(self) -> Any:
-        return (_rebuild_socket_handler, (self.host, self.port, self._options, self.__dict__))
+        keep = ("level", "formatter", "filters", "_name", "retryStart", "retryFactor",
+                "retryMax", "closeOnError")
+        state = {k: self.__dict__[k] for k in keep if k in self.__dict__}
+        return (_rebuild_socket_handler, (self.host, self.port, self._options, state))
 
     def _backoff(self) -> Backoff:
         return Backoff(self.retryStart, self.retryFactor, self.retryMax, self.jitter)

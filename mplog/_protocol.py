@@ -13,7 +13,8 @@ Stream layout (both directions after the client's 8-byte preamble)::
     preamble (client -> server, once) = b"MPLG" 0x01 0x00 0x00 0x00
     frame = length:u32be || type:u8 || body || [hmac-sha256(key, type || body): 32 bytes]
 
-The hello is never signed; with HMAC negotiated, every later frame both ways is.
+The hello is not framed with a MAC; with HMAC negotiated it carries ``proof`` =
+hex(HMAC(key, b"H" + sender)), and every later frame both ways carries a MAC.
 Client frames: ``H`` hello (JSON), ``R`` record (seq:u64be || JSON object), ``C`` close.
 Server frames: ``W`` welcome (JSON), ``A`` ack (seq:u64be, cumulative), ``E`` error (UTF-8).
 """
@@ -194,6 +195,10 @@ class ServerConnection:
         if hello.get("hmac"):
             if self._key is None:
                 raise ProtocolError("client signs its frames but this collector has no HMAC key")
+            proof = hello.get("proof")
+            expected = _mac(self._key, b"H" + str(hello.get("sender")).encode()).hex()
+            if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
+                raise ProtocolError("client hello has a wrong HMAC (different key)")
             self._split.key = self._key
             self._signed = True
         elif self._key is not None:
@@ -242,8 +247,11 @@ class ClientSession:
         self.window = window
 
     def handshake(self) -> bytes:
-        hello = {"version": VERSION, "sender": self._sender, "hmac": self._key is not None,
-                 "window": self._window}
+        hello: dict[str, Any] = {"version": VERSION, "sender": self._sender,
+                                 "hmac": self._key is not None, "window": self._window}
+        if self._key is not None:
+            # Proves the key before any record is sent, so a wrong key is refused at once.
+            hello["proof"] = _mac(self._key, b"H" + self._sender.encode()).hex()
         return MAGIC + _frame(b"H", json.dumps(hello).encode(), None)
 
     def frame(self, payload: bytes) -> bytes:

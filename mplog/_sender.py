@@ -103,11 +103,10 @@ class Sender:
         # Acknowledged wires: what is on the wire and not yet acknowledged, in order;
         # True marks a drop-report frame (not in the buffer), False a buffered record.
         self._inflight: deque[bool] = deque()
+        # Made by start(), so a handler that is only built (e.g. to be shipped to the
+        # listener process) holds no socket.
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
-        if acked is not None:
-            self._wake_r, self._wake_w = socket.socketpair()
-            self._wake_r.setblocking(False)
         self._selecting = False
         self._report_inflight: DropReport | None = None
         self.buffer = buffer
@@ -138,6 +137,9 @@ class Sender:
         with self._cond:
             if self._thread is not None or self._closing:
                 return
+            if self._acked is not None:
+                self._wake_r, self._wake_w = socket.socketpair()
+                self._wake_r.setblocking(False)
             self._thread = threading.Thread(
                 target=self._run, name=f"mplog-sender[{self.name}]", daemon=True
             )

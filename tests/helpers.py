@@ -114,3 +114,65 @@ def env_with_root() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     return env
+
+
+class Serve:
+    """``mplog serve`` as its own process, writing JSON lines to *out*."""
+
+    def __init__(self, out: pathlib.Path, port: int = 0, *extra: str) -> None:
+        self.out = out
+        self.port = port
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mplog", "serve", "--port", str(self.port), "--output", str(self.out), *self.extra],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            preexec_fn=die_with_parent,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on "), (line, self.proc.stderr.read() if self.proc.stderr else "")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self._close_pipes()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(20)
+        self._close_pipes()
+        return rc
+
+    def stderr(self) -> str:
+        return self._stderr
+
+    _stderr = ""
+
+    def _close_pipes(self) -> None:
+        assert self.proc is not None
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        if self.proc.stderr:
+            self._stderr += self.proc.stderr.read()
+            self.proc.stderr.close()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.kill()
+
+    def count(self) -> int:
+        """Complete lines in the output so far (cheap: no JSON parsing)."""
+        return self.out.read_bytes().count(b"\n") if self.out.exists() else 0
+
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        return [json.loads(x) for x in self.out.read_text(encoding="utf-8").splitlines() if x.endswith("}")]

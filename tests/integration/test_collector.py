@@ -1,0 +1,212 @@
+"""`mplog serve` and the mplog wire, with real processes and sockets."""
+
+from __future__ import annotations
+
+import io
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import pathlib
+import pickle
+import signal
+import socket
+import struct
+import time
+
+import mplog
+from tests.helpers import Serve, wait_until
+
+
+def _log_numbered(n: int) -> int:
+    log = logging.getLogger("collector.worker")
+    for i in range(n):
+        log.info("record %d", i, extra={"i": i})
+    return os.getpid()
+
+
+def _assert_exactly_once_in_order(lines: list[dict], per_process: int, processes: int) -> None:
+    by_pid: dict[int, list[int]] = {}
+    for rec in lines:
+        if rec.get("name") == "collector.worker":
+            by_pid.setdefault(rec["process"], []).append(rec["i"])
+    assert len(by_pid) == processes, sorted(by_pid)
+    for pid, seq in by_pid.items():
+        assert seq == list(range(per_process)), f"process {pid}: {len(seq)} records, first gaps/dups at {[i for i, v in enumerate(seq) if v != i][:5]}"
+
+
+def test_stdlib_socket_handler_into_serve(tmp_path: pathlib.Path) -> None:
+    srv = Serve(tmp_path / "out.jsonl")
+    try:
+        h = logging.handlers.SocketHandler("127.0.0.1", srv.port)  # the real stdlib class
+        log = logging.getLogger("stdlib.sender")
+        log.addHandler(h)
+        log.propagate = False
+        try:
+            for i in range(50):
+                log.warning("plain %d", i, extra={"k": "v"})
+        finally:
+            log.removeHandler(h)
+            h.close()
+        lines = wait_until(lambda: (ls := srv.lines()) and len(ls) >= 50 and ls, what="50 lines")
+        assert [r["msg"] for r in lines] == [f"plain {i}" for i in range(50)]
+        r = lines[0]
+        for key in ("name", "levelname", "levelno", "msg", "created", "process", "processName", "thread", "exc_text"):
+            assert key in r, key
+        assert r["k"] == "v" and r["levelname"] == "WARNING"
+        assert srv.terminate() == 0
+    finally:
+        srv.stop()
+
+
+class _Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (open, (self.path, "w"))
+
+
+def test_pickle_global_is_refused_without_side_effect(tmp_path: pathlib.Path) -> None:
+    srv = Serve(tmp_path / "out.jsonl")
+    target = tmp_path / "pwned"
+    try:
+        body = pickle.dumps({"msg": _Evil(str(target))}, 1)
+        assert b"open" in body
+        evil = socket.create_connection(("127.0.0.1", srv.port))
+        evil.sendall(struct.pack(">L", len(body)) + body)
+        # The collector closes that connection: we read EOF.
+        evil.settimeout(10)
+        assert evil.recv(10) == b""
+        evil.close()
+        # Everyone else is still served.
+        h = logging.handlers.SocketHandler("127.0.0.1", srv.port)
+        h.handle(logging.makeLogRecord({"msg": "after", "levelno": 20, "levelname": "INFO"}))
+        h.close()
+        wait_until(lambda: any(r["msg"] == "after" for r in srv.lines()), what="the good record")
+        assert not target.exists()
+        assert srv.terminate() == 0
+        assert "refused" in srv.stderr()
+    finally:
+        srv.stop()
+
+
+def _pipeline_log(start_pipeline, port: int, n: int, **kw: object) -> mplog.Pipeline:
+    h = mplog.SocketHandler("127.0.0.1", port, wire="mplog", **kw)
+    h.retryStart, h.retryMax = 0.05, 0.2
+    p = start_pipeline([h])
+    log = logging.getLogger("collector.main")
+    for i in range(n):
+        log.info("main %d", i)
+    return p
+
+
+def test_hmac_right_key_works_wrong_key_refused(tmp_path: pathlib.Path, start_pipeline) -> None:
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(b"s3cret-key-for-tests\n")
+    srv = Serve(tmp_path / "out.jsonl", 0, "--hmac-key-file", str(keyfile))
+    try:
+        p = _pipeline_log(start_pipeline, srv.port, 20, hmac_key_file=str(keyfile))
+        assert p.flush(15)
+        assert len([r for r in srv.lines() if r.get("name") == "collector.main"]) == 20
+        p.stop()
+        # Wrong key: refused, nothing written, the sender keeps the records.
+        bad = _pipeline_log(start_pipeline, srv.port, 5, hmac_key=b"wrong-key")
+        assert not bad.flush(1.5)
+        st = bad.stats()
+        assert st["sent"] == 0 and st["buffered"] == 5
+        # Missing signature: refused too.
+        none = _pipeline_log(start_pipeline, srv.port, 3)
+        assert not none.flush(1.5)
+        bad.stop(timeout=0.5)
+        none.stop(timeout=0.5)
+        assert srv.terminate() == 0
+        err = srv.stderr()
+        assert "wrong HMAC" in err and "requires HMAC" in err
+        assert len([r for r in srv.lines() if r.get("name") == "collector.main"]) == 20
+    finally:
+        srv.stop()
+
+
+def test_collector_killed_5_times_exactly_once(tmp_path: pathlib.Path, start_pipeline) -> None:
+    workers, per_worker = 8, 50_000 // 8
+    srv = Serve(tmp_path / "out.jsonl")
+    try:
+        h = mplog.SocketHandler("127.0.0.1", srv.port, wire="mplog")
+        h.retryStart, h.retryMax = 0.05, 0.2
+        p = start_pipeline([h])
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(workers, initializer=mplog.worker_init, initargs=(p.address,)) as pool:
+            result = pool.map_async(_log_numbered, [per_worker] * workers)
+            for k in range(5):
+                target = (k + 1) * 50_000 // 7
+                wait_until(lambda t=target: srv.count() >= t, timeout=60, what=f"{target} lines")
+                srv.kill()
+                srv.start()
+            result.get(120)
+        assert p.flush(60)
+        st = p.stats()
+        assert st["received"] == st["handled"] == st["sent"] == workers * per_worker
+        assert st["dropped"] == 0 and st["buffered"] == 0
+        assert st["reconnects"] >= 5
+        _assert_exactly_once_in_order(srv.lines(), per_worker, workers)
+        assert srv.terminate() == 0
+    finally:
+        srv.stop()
+
+
+def test_torn_last_line_is_removed_on_restart(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"msg": "whole"}\n{"msg": "tor', encoding="utf-8")
+    srv = Serve(out)
+    try:
+        h = logging.handlers.SocketHandler("127.0.0.1", srv.port)
+        h.handle(logging.makeLogRecord({"msg": "next", "levelno": 20, "levelname": "INFO"}))
+        h.close()
+        wait_until(lambda: len(srv.lines()) == 2, what="2 lines")
+        assert [r["msg"] for r in srv.lines()] == ["whole", "next"]
+        assert srv.terminate() == 0
+    finally:
+        srv.stop()
+
+
+def test_sigint_flushes_and_exits_0(tmp_path: pathlib.Path) -> None:
+    srv = Serve(tmp_path / "out.jsonl")
+    try:
+        h = logging.handlers.SocketHandler("127.0.0.1", srv.port)
+        for i in range(10):
+            h.handle(logging.makeLogRecord({"msg": f"m{i}", "levelno": 20}))
+        h.close()
+        wait_until(lambda: len(srv.lines()) == 10, what="10 lines")
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(10) == 0
+        srv._close_pipes()
+    finally:
+        srv.stop()
+
+
+def test_collector_embedded(tmp_path: pathlib.Path) -> None:
+    buf = io.BytesIO()
+    c = mplog.Collector(port=0, output=buf)
+    c.start()
+    try:
+        h = logging.handlers.SocketHandler("127.0.0.1", c.port)
+        h.handle(logging.makeLogRecord({"msg": "embedded", "levelno": 20}))
+        h.close()
+        wait_until(lambda: b"embedded" in buf.getvalue(), what="the record")
+    finally:
+        c.stop()
+    assert c.stats["records"] == 1
+
+
+def test_serve_bad_usage_is_one_line(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mplog", "serve", "--port", "99999"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "mplog", "serve", "--port", "0", "--hmac-key-file", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "hmac_key_file" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    _ = time

@@ -7,7 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mplog import ProtocolError
-from mplog._protocol import MAGIC, MAX_FRAME, ClientSession, Close, Hello, Record, ServerConnection, record_payload
+from mplog._protocol import (
+    MAGIC,
+    MAX_FRAME,
+    ClientSession,
+    Close,
+    Hello,
+    Record,
+    ServerConnection,
+    record_payload,
+)
 
 KEY = b"k" * 32
 

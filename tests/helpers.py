@@ -91,8 +91,30 @@ class Receiver:
         return wait_until(enough, timeout, f"{n} records at the receiver")  # type: ignore[no-any-return]
 
 
+#: Helpers the stdlib's multiprocessing starts once per test process (by the tests' own
+#: spawn/forkserver pools) and keeps for the life of that process, by design. mplog's own
+#: helpers (the listener, multiprocess's resource tracker) are not in this list.
+_STDLIB_HELPERS = ("from multiprocessing.resource_tracker import", "from multiprocessing.forkserver import")
+
+
+def _is_stdlib_helper(p: psutil.Process) -> bool:
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+    return any(h in cmd for h in _STDLIB_HELPERS)
+
+
 def children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE or _is_stdlib_helper(p):
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        out.append(p)
+    return out
 
 
 def assert_no_children(timeout: float = 10.0) -> None:

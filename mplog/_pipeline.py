@@ -406,6 +406,7 @@ def start(
     except BaseException:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
+        _stop_resource_tracker()
         raise
     return pipeline
 

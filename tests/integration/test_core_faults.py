@@ -179,7 +179,7 @@ def test_parent_sigkilled_listener_exits(tmp_path: pathlib.Path) -> None:
         parent.kill()
         parent.wait()
         t0 = time.monotonic()
-        gone, alive = psutil.wait_procs([listener], timeout=2.0)
+        _gone, alive = psutil.wait_procs([listener], timeout=2.0)
         assert not alive, f"listener still alive {time.monotonic() - t0:.2f} s after its parent died"
     finally:
         if parent.poll() is None:

@@ -260,7 +260,7 @@ def test_address_in_use(start_pipeline) -> None:
 
 def test_worker_init_without_address(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MPLOG_ADDRESS", raising=False)
-    with pytest.raises(mplog.ConfigError, match="address=.*MPLOG_ADDRESS"):
+    with pytest.raises(mplog.ConfigError, match=r"address=.*MPLOG_ADDRESS"):
         mplog.worker_init()
 
 

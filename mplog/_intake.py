@@ -32,6 +32,8 @@ __all__ = ["IntakeClient", "control_request"]
 OUTAGE_BUDGET = 2.0
 #: Pause between two connection attempts during an outage.
 RETRY_INTERVAL = 0.02
+#: Socket send buffer of a worker's intake connection (the kernel caps it at wmem_max).
+SEND_BUFFER = 1024 * 1024
 #: A send that makes no progress for this long is abandoned (the listener is stuck).
 SEND_TIMEOUT = 60.0
 
@@ -96,6 +98,9 @@ class IntakeClient:
     def _connect(self) -> socket.socket | None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # Room for bursts: a worker blocks (and pays for the context switches) only
+            # when the listener is this far behind.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             s.settimeout(self.send_timeout)
             s.connect(self.address)
         except OSError:

@@ -87,6 +87,9 @@ class QueueHandler(logging.handlers.QueueHandler):
 
     def handle(self, record: logging.LogRecord) -> Any:
         # No handler lock: the intake connection has its own, held only for the write.
+        if not self.filters:
+            self.emit(record)
+            return record
         rv = self.filter(record)
         if isinstance(rv, logging.LogRecord):
             record = rv

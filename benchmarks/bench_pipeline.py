@@ -35,7 +35,7 @@ import time
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import mplog  # noqa: E402
+import mplog
 
 FMT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 

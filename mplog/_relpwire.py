@@ -56,7 +56,7 @@ class RelpWire:
         self._syslog = SyslogWire(**syslog_options)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
-        return self._syslog.message(record)  # type: ignore[no-any-return]
+        return self._syslog.message(record)
 
     def new_session(self) -> _Session:
         return _Session()

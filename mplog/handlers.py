@@ -36,6 +36,19 @@ ENV_ADDRESS = "MPLOG_ADDRESS"
 
 
 
+def _handle_unlocked(handler: logging.Handler, record: logging.LogRecord) -> Any:
+    """``Handler.handle`` without the handler lock (for handlers that lock what they own)."""
+    if not handler.filters:
+        handler.emit(record)
+        return record
+    rv = handler.filter(record)
+    if isinstance(rv, logging.LogRecord):
+        record = rv
+    if rv:
+        handler.emit(record)
+    return rv
+
+
 def resolve_address(address: str | None) -> str:
     """*address*, else ``$MPLOG_ADDRESS``; :class:`ConfigError` naming both if neither."""
     if address:
@@ -87,15 +100,7 @@ class QueueHandler(logging.handlers.QueueHandler):
 
     def handle(self, record: logging.LogRecord) -> Any:
         # No handler lock: the intake connection has its own, held only for the write.
-        if not self.filters:
-            self.emit(record)
-            return record
-        rv = self.filter(record)
-        if isinstance(rv, logging.LogRecord):
-            record = rv
-        if rv:
-            self.emit(record)
-        return rv
+        return _handle_unlocked(self, record)
 
     def close(self) -> None:
         self.queue.close()
@@ -321,12 +326,7 @@ class SocketHandler(logging.handlers.SocketHandler):
 
     def handle(self, record: logging.LogRecord) -> Any:
         # No handler lock: the sender's buffer has its own.
-        rv = self.filter(record)
-        if isinstance(rv, logging.LogRecord):
-            record = rv
-        if rv:
-            self.emit(record)
-        return rv
+        return _handle_unlocked(self, record)
 
     def send(self, s: ReadableBuffer) -> None:
         """Queue already-framed bytes *s* for sending (stdlib hook; never drops)."""

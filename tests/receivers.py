@@ -62,7 +62,7 @@ class Rsyslog:
     """rsyslogd with one input (``"imtcp"`` or ``"imrelp"``), writing JSON lines."""
 
     def __init__(self, tmp: pathlib.Path, kind: str = "imtcp", port: int = 0) -> None:
-        if not os.path.exists(RSYSLOGD):
+        if kind != "syslog-ng" and not os.path.exists(RSYSLOGD):
             raise AssertionError("rsyslogd not installed: run scripts/ci-deps.sh (apt-get install rsyslog rsyslog-relp)")
         self.dir = tmp / f"rsyslog-{kind}-{time.monotonic_ns()}"
         (self.dir / "work").mkdir(parents=True)
@@ -127,3 +127,64 @@ class Rsyslog:
         if not self.out.exists():
             return []
         return [json.loads(x) for x in self.out.read_text(encoding="utf-8", errors="replace").splitlines() if x.endswith("}")]
+
+
+SNG_ROOT = pathlib.Path(os.environ.get("MPLOG_SYSLOG_NG_ROOT", "/opt/syslog-ng-root"))
+
+_SNG_CONF = """@version: 3.38
+options {{
+  chain-hostnames(no); keep-hostname(yes); use-dns(no); dns-cache(no);
+  stats-freq(0); stats-level(1); mark-freq(0); log-msg-size(262144); frac-digits(6);
+  log-fifo-size(100000);
+}};
+source s_net {{ syslog(ip("127.0.0.1") port({port}) transport("tcp") max-connections(1000)
+                      log-iw-size(1000000) flags(store-raw-message)); }};
+source s_int {{ internal(); }};
+destination d_out {{
+  file("{d}/out.jsonl"
+       template("$(format-json raw=$RAWMSG pri=$PRI hostname=$HOST app=$PROGRAM procid=$PID msgid=$MSGID sd=$SDATA ts=$ISODATE msg=$MSG)\\n"));
+}};
+destination d_int {{ file("{d}/internal.log"); }};
+log {{ source(s_net); destination(d_out); flags(flow-control); }};
+log {{ source(s_int); destination(d_int); }};
+"""
+
+
+class SyslogNg(Rsyslog):
+    """syslog-ng 3.38 with a ``syslog()`` TCP source (octet counting), flow control on."""
+
+    def __init__(self, tmp: pathlib.Path, port: int = 0) -> None:
+        exe = SNG_ROOT / "usr/sbin/syslog-ng"
+        if not exe.exists():
+            raise AssertionError(f"syslog-ng not unpacked at {SNG_ROOT}: run scripts/ci-deps.sh")
+        super().__init__(tmp, "syslog-ng", port)
+
+    def _config(self) -> str:
+        return _SNG_CONF.format(d=self.dir, port=self.port)
+
+    def start(self) -> None:
+        conf = self.dir / "syslog-ng.conf"
+        conf.write_text(self._config())
+        d = self.dir
+        env = dict(os.environ, LD_LIBRARY_PATH=str(SNG_ROOT / "usr/lib/syslog-ng"))
+        env.pop("NOTIFY_SOCKET", None)
+        log = open(d / "stderr.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(SNG_ROOT / "usr/sbin/syslog-ng"), "-F", "--no-caps", "-f", str(conf),
+             "--module-path", str(SNG_ROOT / "usr/lib/syslog-ng/3.38"), "--persist-file", str(d / "persist"),
+             "--pidfile", str(d / "pid"), "--control", str(d / "ctl")],
+            cwd=d, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        log.close()
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"syslog-ng exited {proc.returncode}: {(d / 'stderr.log').read_text()}")
+            ports = listening_ports(proc.pid)
+            if self.port == 0 and ports:
+                self.port = min(ports)
+            return self.port in ports
+
+        wait_until(ready, 20, "syslog-ng to listen")

@@ -21,9 +21,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import mplog  # noqa: E402
-from tests.helpers import Receiver, Serve, wait_until  # noqa: E402
-from tests.receivers import Rsyslog  # noqa: E402
+import mplog
+from tests.helpers import Receiver, Serve, wait_until
+from tests.receivers import Rsyslog
 
 
 def work(n: int) -> None:

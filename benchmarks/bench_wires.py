@@ -3,7 +3,8 @@
     python benchmarks/bench_wires.py [--records N] [--workers N]
 
 rsyslog (imtcp for syslog, imrelp for relp; needs scripts/ci-deps.sh), `mplog serve` for
-mplog, and the suite's stdlib-wire receiver (it unpickles and writes JSON lines, so it is
+mplog (jsonl lines go to rsyslog imtcp too, which takes each line as a message), and the
+suite's stdlib-wire receiver (it unpickles and writes JSON lines, so it is
 the slow end of that run) for pickle. The clock runs
 from the first log call until the receiver holds every record (rsyslog: lines in its
 output file).
@@ -33,7 +34,7 @@ def work(n: int) -> None:
 
 
 def run(wire: str, tmp: pathlib.Path, total: int, workers: int) -> float:
-    if wire in ("syslog", "syslog-newline", "relp"):
+    if wire in ("syslog", "syslog-newline", "relp", "jsonl"):
         rcv = Rsyslog(tmp, "imrelp" if wire == "relp" else "imtcp")
         count = rcv.count
     elif wire == "mplog":
@@ -65,11 +66,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--wires", default="", help="comma-separated subset")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
         print(f"{a.records} records from {a.workers} workers through one mplog listener")
-        for wire in ("pickle-file", "mplog", "syslog", "syslog-newline", "relp"):
+        wires = a.wires.split(",") if a.wires else ["pickle-file", "mplog", "syslog", "syslog-newline", "relp", "jsonl"]
+        for wire in wires:
             rate = run(wire, tmp, a.records, a.workers)
             print(f"{wire:<15} {rate:>10,.0f} records/s", flush=True)
 

@@ -51,7 +51,7 @@ def test_multiprocessing_pool(method: str, receiver: Receiver, start_pipeline) -
     tags = [f"{method}-{k}" for k in range(8)]
     with multiprocessing.get_context(method).Pool(4, initializer=mplog.worker_init, initargs=(p.address,)) as pool:
         pids = pool.map(log_numbered, tags)
-    assert len(set(pids)) > 1
+    assert os.getpid() not in pids  # logged by pool workers (how many of them: the pool's choice)
     _check(receiver, p, {t: N for t in tags})
 
 

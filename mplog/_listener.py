@@ -85,12 +85,8 @@ def build_handlers(payload: bytes) -> list[logging.Handler]:
 
 def bind(address: str) -> socket.socket:
     """Bind and listen on the Unix socket *address*, replacing a stale socket file."""
-    try:
-        st = os.lstat(address)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
+    if os.path.lexists(address):
+        if not stat.S_ISSOCK(os.lstat(address).st_mode):
             raise OSError(f"{address} exists and is not a socket")
         os.unlink(address)  # a dead listener's socket; start() refused a live one
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

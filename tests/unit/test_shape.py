@@ -9,7 +9,7 @@ import sys
 
 import mplog
 
-SANS_IO = ["_framing.py", "_record.py", "_backoff.py", "_buffer.py", "_errors.py", "_protocol.py", "_relp.py", "_syslog.py", "_jsonl.py", "_wires.py"]
+SANS_IO = ["_framing.py", "_record.py", "_backoff.py", "_buffer.py", "_errors.py", "_protocol.py", "_relp.py", "_syslog.py", "_jsonl.py", "_wires.py", "_spoolfmt.py"]
 FORBIDDEN = {"socket", "select", "selectors", "threading", "time", "os", "multiprocessing", "multiprocess"}
 
 

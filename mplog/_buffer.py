@@ -52,6 +52,10 @@ class FrameBuffer:
         self._pinned = 0
         #: Frames dropped, ever.
         self.dropped = 0
+        #: Frames ever stored, and frames ever removed (delivered, evicted or cleared):
+        #: ``removed >= n`` means the first *n* frames stored have all left the buffer.
+        self.pushed = 0
+        self.removed = 0
         self._unreported = 0
         self._first = 0.0
         self._last = 0.0
@@ -94,12 +98,14 @@ class FrameBuffer:
                     old = frames[self._pinned]
                     del frames[self._pinned]
                     self._bytes -= len(old)
+                    self.removed += 1
                     self._count_drop(1, now)
             if not self._fits(size):
                 self._count_drop(1, now)
                 return False
         self._frames.append(frame)
         self._bytes += size
+        self.pushed += 1
         return True
 
     def drop(self, now: float, n: int = 1) -> None:
@@ -156,6 +162,7 @@ class FrameBuffer:
         for _ in range(n):
             self._bytes -= len(frames.popleft())
         self._pinned -= n
+        self.removed += n
 
     def unpin(self) -> None:
         """Forget every pin (the connection broke: pinned frames will be sent again)."""
@@ -169,6 +176,7 @@ class FrameBuffer:
         for _ in range(n):
             self._bytes -= len(frames.popleft())
         self._pinned = 0
+        self.removed += n
 
     def clear(self, now: float) -> int:
         """Drop (and count) everything; return how many frames that was."""
@@ -176,6 +184,7 @@ class FrameBuffer:
         self._frames.clear()
         self._bytes = 0
         self._pinned = 0
+        self.removed += n
         if n:
             self._count_drop(n, now)
         return n

@@ -137,7 +137,7 @@ class IntakeServer:
         self.worker_lost = 0
         self.handler_errors = 0
         self.accepted = 0
-        self._flushes: list[tuple[socket.socket, float]] = []
+        self._flushes: list[tuple[socket.socket, float, list[int]]] = []
         self._stop_reply: socket.socket | None = None
         self._stop_reason: str | None = None
         self._close_timeout: float | None = None
@@ -290,7 +290,8 @@ class IntakeServer:
                 if not isinstance(h, SocketHandler):
                     h.flush()
             timeout = float(msg.get("timeout", 5.0))
-            self._flushes.append((sock, time.monotonic() + timeout))
+            marks = [h.flush_mark() for h in self.socket_handlers]
+            self._flushes.append((sock, time.monotonic() + timeout, marks))
             self._check_flushes()
         elif op == "stop":
             self._stop_reply = sock
@@ -318,14 +319,14 @@ class IntakeServer:
         self.listener.handle(make_record(record.__dict__))
 
     def _check_flushes(self) -> None:
-        idle = all(h.idle() for h in self.socket_handlers)
         now = time.monotonic()
         still = []
-        for sock, deadline in self._flushes:
-            if idle or now >= deadline:
-                self._reply(sock, {"ok": idle})
+        for sock, deadline, marks in self._flushes:
+            done = all(h.flushed(m) for h, m in zip(self.socket_handlers, marks, strict=True))
+            if done or now >= deadline:
+                self._reply(sock, {"ok": done})
             else:
-                still.append((sock, deadline))
+                still.append((sock, deadline, marks))
         self._flushes = still
 
     def drain_all(self) -> None:
@@ -376,7 +377,7 @@ class IntakeServer:
             except Exception as exc:
                 self.handler_errors += 1
                 sys.stderr.write(f"mplog listener: closing a handler failed: {exc}\n")
-        for sock, _ in self._flushes:
+        for sock, _, _ in self._flushes:
             self._reply(sock, {"ok": False})
         if self._stop_reply is not None:
             self._reply(self._stop_reply, {"stats": self.stats()})

@@ -355,6 +355,18 @@ class SocketHandler(logging.handlers.SocketHandler):
     def idle(self) -> bool:
         return self._sender.idle()
 
+    def flush_mark(self) -> int:
+        """A mark for :meth:`flushed`: the number of records buffered so far, ever."""
+        with self._sender._cond:
+            return self._sender.buffer.pushed
+
+    def flushed(self, mark: int) -> bool:
+        """True once every record buffered before :meth:`flush_mark` returned *mark* has
+        left the buffer (sent, acknowledged where the wire acknowledges, or dropped).
+        Unlike waiting for an empty buffer, this finishes under a steady stream."""
+        with self._sender._cond:
+            return self._sender.buffer.removed >= mark
+
     def stats(self) -> dict[str, int]:
         s = self._sender
         with s._cond:

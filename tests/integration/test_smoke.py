@@ -17,3 +17,30 @@ def test_main_process_records_arrive(receiver: Receiver, start_pipeline) -> None
     st = p.stats()
     assert st["received"] == st["handled"] == st["sent"] == 100
     assert receiver.connections() == 1
+
+
+def test_flush_finishes_under_a_steady_stream(receiver: Receiver, start_pipeline) -> None:
+    import threading
+    import time
+
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    stop = threading.Event()
+    log = logging.getLogger("stream")
+
+    def stream() -> None:
+        while not stop.is_set():
+            log.info("tick")
+
+    t = threading.Thread(target=stream)
+    t.start()
+    try:
+        for i in range(5):
+            logging.getLogger("marker").info("marker %d", i)
+            t0 = time.monotonic()
+            assert p.flush(10), "flush starved by a steady stream"
+            assert time.monotonic() - t0 < 5
+            # Written to the receiver's socket; it shows up once the receiver has read it.
+            receiver.wait_records(1, where=lambda r, i=i: r["msg"] == f"marker {i}")
+    finally:
+        stop.set()
+        t.join()

@@ -101,3 +101,16 @@ def test_release_partial_and_restore_report() -> None:
 def test_buffer_rejects_bad_config(args: tuple[object, ...], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         FrameBuffer(*args)  # type: ignore[arg-type]
+
+
+def test_pushed_and_removed_marks() -> None:
+    b = FrameBuffer(3, 10_000, "drop_oldest")
+    for i in range(5):
+        b.push(bytes([i]), 0.0)
+    assert (b.pushed, b.removed) == (5, 2)  # two evicted
+    b.pin_batch(100)
+    b.release(2)
+    assert b.removed == 4
+    b.pin_more(100, 10)
+    b.ack(1)
+    assert b.removed == 5 == b.pushed

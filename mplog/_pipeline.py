@@ -111,6 +111,11 @@ def _stop_resource_tracker() -> None:
     if _live:
         return  # another pipeline of this process still uses it
     tracker = getattr(resource_tracker, "_resource_tracker", None)
+    if getattr(tracker, "_pid", None) is None:
+        # Not started by this process: in a child spawned by multiprocess the tracker's fd
+        # is inherited (its pid unknown here) and belongs to the process that started us;
+        # _stop() would close that fd and then fail on waitpid(None).
+        return
     stop = getattr(tracker, "_stop", None)
     if stop is not None:
         stop()
@@ -228,7 +233,10 @@ class Pipeline:
             with self._lock:
                 if self._stopping:
                     return
-                proc.join(0)
+                # The sentinel fires when the dying process closes its files, which can be
+                # a moment before it becomes a zombie; join(0) would then miss it and leave
+                # a zombie behind until multiprocess's next start(). It is dead: wait for it.
+                proc.join(5.0)
                 try:
                     self._spawn()
                 except ConfigError as exc:

@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from ._errors import ProtocolError
+from ._errors import ConfigError, ProtocolError
 from ._framing import FrameSplitter
 from ._record import decode_control, decode_records, encode_control, is_record, make_record
 from .handlers import QueueListener, SocketHandler
@@ -345,6 +345,9 @@ class IntakeServer:
             "reconnects": 0,
             "connected": 0,
             "drop_reports": 0,
+            "spooled": 0,
+            "spool_bytes": 0,
+            "spool_damaged": 0,
             "worker_lost": self.worker_lost,
             "torn_frames": self.torn_frames,
             "bad_frames": self.bad_frames,
@@ -403,7 +406,13 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
     listener = QueueListener(None, *handlers)
     server = IntakeServer(lsock, cfg.address, listener, handlers, cfg.parent_pid)
     server.install_signals()
-    listener.start()
+    try:
+        listener.start()  # opens spools
+    except ConfigError as exc:
+        lsock.close()
+        pathlib.Path(cfg.address).unlink(missing_ok=True)
+        ready.send(("error", str(exc)))
+        return
     ready.send(("ready", os.getpid()))
     ready.close()
     server.run()

@@ -69,6 +69,15 @@ class MplogWire:
             raise ConfigError(str(exc)) from exc
         self._seq = itertools.count(1)
 
+    def resume(self, sender_id: str, epoch: int) -> None:
+        """Continue a spool's numbering: its persistent *sender_id*, and sequence numbers
+        ``epoch << 40 | n`` (*epoch* grows at every open of the spool), so numbers keep
+        growing across restarts and the receiver's de-duplication holds."""
+        if not 1 <= epoch < 1 << 23:
+            raise ConfigError(f"spool epoch {epoch} out of range; remove the spool's epoch file")
+        self.sender_id = sender_id
+        self._seq = itertools.count((epoch << 40) + 1)
+
     def encode(self, record: Mapping[str, Any]) -> bytes:
         return record_payload(next(self._seq), record)
 

@@ -1,4 +1,4 @@
-"""Sans-IO format of spool segments (the disk spool's records; not wired in yet).
+"""Sans-IO format of spool segments (the disk spool's records).
 
 Rules this module keeps:
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["HEADER", "MAX_RECORD", "ScanResult", "encode_record", "scan"]
 
@@ -39,6 +39,8 @@ class ScanResult:
     damaged: int  # regions skipped: bad checksum, bad length, or a torn tail
     end: int  # offset just after the last intact record (or the header)
     bad_header: bool = False
+    #: Offset of each intact record's payload in the segment (parallel to ``records``).
+    offsets: list[int] = field(default_factory=list)
 
 
 def _valid_at(data: bytes, pos: int) -> int:
@@ -59,6 +61,7 @@ def scan(data: bytes) -> ScanResult:
     if not data.startswith(HEADER):
         return ScanResult([], 1 if data else 0, 0, bad_header=bool(data))
     records: list[bytes] = []
+    offsets: list[int] = []
     damaged = 0
     pos = end = len(HEADER)
     while pos < len(data):
@@ -66,6 +69,7 @@ def scan(data: bytes) -> ScanResult:
         if n >= 0:
             start = pos + _REC.size
             records.append(data[start : start + n])
+            offsets.append(start)
             pos = end = start + n
             continue
         damaged += 1
@@ -74,4 +78,4 @@ def scan(data: bytes) -> ScanResult:
         while nxt < len(data) and _valid_at(data, nxt) < 0:
             nxt += 1
         pos = nxt
-    return ScanResult(records, damaged, end)
+    return ScanResult(records, damaged, end, offsets=offsets)

@@ -27,6 +27,7 @@ from ._framing import HEADER
 from ._intake import IntakeClient
 from ._record import encode, make_record, prepare_dict, safe_repr
 from ._sender import Sender, drop_record
+from ._spool import SpooledBuffer
 from ._wires import make_wire
 
 __all__ = ["ENV_ADDRESS", "QueueHandler", "QueueListener", "SocketHandler"]
@@ -188,6 +189,13 @@ class SocketHandler(logging.handlers.SocketHandler):
             drop is counted and announced by a WARNING record once connected.
         block_timeout: seconds ``emit`` waits for room under ``"block"`` before dropping.
         close_timeout: seconds ``close()`` spends delivering what is buffered.
+        spool_dir: a directory for the disk spool (default None: memory only). Records
+            wait there, in order, when memory is full (``spool_mode="overflow"``) or
+            always (``"all"``: they survive a listener crash); what is left at close is
+            sent by the next handler that opens the same directory.
+        spool_max_bytes: bound of the spool's files (default 256 MiB); beyond it, and
+            when the disk is full, the overflow policy applies and counts.
+        spool_mode: ``"overflow"`` (default) or ``"all"``.
         jitter: fraction by which each back-off delay is randomly spread.
 
     The sender thread starts with :meth:`start` (the mplog listener calls it), or at the
@@ -206,6 +214,9 @@ class SocketHandler(logging.handlers.SocketHandler):
         block_timeout: float = 5.0,
         close_timeout: float = 5.0,
         jitter: float = 0.1,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 256 * 1024 * 1024,
+        spool_mode: str = "overflow",
         **wire_options: Any,
     ) -> None:
         self._wire = make_wire(wire, wire_options)
@@ -229,10 +240,22 @@ class SocketHandler(logging.handlers.SocketHandler):
             "jitter": jitter,
             **wire_options,
         }
+        buffer: FrameBuffer
+        if spool_dir is not None:
+            buffer = SpooledBuffer(
+                buffer_records, buffer_bytes, overflow, spool_dir=spool_dir,
+                spool_max_bytes=spool_max_bytes, spool_mode=spool_mode,
+            )
+            self._options.update(
+                spool_dir=os.fspath(spool_dir), spool_max_bytes=spool_max_bytes,
+                spool_mode=spool_mode,
+            )
+        else:
+            buffer = FrameBuffer(buffer_records, buffer_bytes, overflow)
         Backoff(self.retryStart, self.retryFactor, self.retryMax, jitter)  # validate
         self._sender = Sender(
             f"{host}:{port}" if port is not None else host,
-            FrameBuffer(buffer_records, buffer_bytes, overflow),
+            buffer,
             self._connect,
             self._backoff,
             self._drop_frame,
@@ -268,7 +291,19 @@ class SocketHandler(logging.handlers.SocketHandler):
         return self._wire.encode(prepare_dict(record))
 
     def start(self) -> None:
-        """Start the sender thread (idempotent)."""
+        """Open the spool, if any, and start the sender thread (idempotent).
+
+        Raises:
+            ConfigError: the spool directory cannot be used (in use, not writable).
+        """
+        buffer = self._sender.buffer
+        if isinstance(buffer, SpooledBuffer) and buffer.spool is None:
+            spool = buffer.open()
+            resume = getattr(self._wire, "resume", None)
+            if resume is not None:
+                # Same sender id and ever-growing sequence numbers across restarts, so
+                # the receiver de-duplicates what the spool replays.
+                resume(spool.sender_id, spool.epoch)
         self._sender.start()
 
     def _batchable(self) -> bool:
@@ -283,6 +318,8 @@ class SocketHandler(logging.handlers.SocketHandler):
     def _emit_dicts(self, batch: list[dict[str, Any]], respect_level: bool) -> None:
         # The dicts are what makePickle would build from their records: msg merged,
         # args and exc_info None, exc_text set, no "message" key.
+        if self._sender._thread is None:
+            self.start()  # before encoding: opening a spool may renumber the wire
         level = self.level if respect_level else logging.NOTSET
         dumps = pickle.dumps
         pack = HEADER.pack
@@ -295,8 +332,6 @@ class SocketHandler(logging.handlers.SocketHandler):
                     frames.append(pack(len(s)) + s)
                 else:
                     frames.append(wire.encode(d))
-        if self._sender._thread is None:
-            self._sender.start()
         self._sender.submit_many(frames)
 
     def makePickle(self, record: logging.LogRecord) -> bytes:
@@ -315,13 +350,13 @@ class SocketHandler(logging.handlers.SocketHandler):
         return HEADER.pack(len(s)) + s
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self._sender._thread is None:
+            self.start()  # before encoding: opening a spool may renumber the wire
         try:
             frame = self._encode(record)
         except Exception:
             self.handleError(record)
             return
-        if self._sender._thread is None:
-            self._sender.start()
         self._sender.submit(frame)
 
     def handle(self, record: logging.LogRecord) -> Any:
@@ -378,7 +413,11 @@ class SocketHandler(logging.handlers.SocketHandler):
                 "reconnects": s.reconnects,
                 "connected": int(s.connected),
                 "drop_reports": s.reports_sent,
+                **(s.buffer.spool_stats() if isinstance(s.buffer, SpooledBuffer) else _NO_SPOOL),
             }
+
+
+_NO_SPOOL = {"spooled": 0, "spool_bytes": 0, "spool_damaged": 0}
 
 
 def _picklable(value: object) -> object:

@@ -127,23 +127,41 @@ class _Output:
         if not records:
             return
         if self.text:
-            data = "".join(_text_line(r) + "\n" for r in records).encode("utf-8", "replace")
+            lines = [(_text_line(r) + "\n").encode("utf-8", "replace") for r in records]
         else:
-            data = "".join(json.dumps(r, default=repr) + "\n" for r in records).encode()
+            lines = [(json.dumps(r, default=repr) + "\n").encode() for r in records]
         if self._fd < 0:
             assert self._stream is not None
-            self._stream.write(data)
+            self._stream.write(b"".join(lines))
             self._stream.flush()
             return
+        if not self.max_bytes:
+            self._write_fd(b"".join(lines))
+            return
+        # Rotate at line boundaries so that no file grows past max_bytes (a single line
+        # longer than that gets a file of its own).
+        chunk: list[bytes] = []
+        size = self._size
+        for line in lines:
+            if size and size + len(line) > self.max_bytes:
+                self._write_fd(b"".join(chunk))
+                chunk = []
+                self._rotate()
+                size = 0
+            chunk.append(line)
+            size += len(line)
+        self._write_fd(b"".join(chunk))
+        if self._size >= self.max_bytes:
+            self._rotate()
+
+    def _write_fd(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-        if self.fsync:
+        if self.fsync and data:
             os.fsync(self._fd)
         self._size += len(data)
-        if self.max_bytes and self._size >= self.max_bytes:
-            self._rotate()
 
     def _rotate(self) -> None:
         assert self.path is not None

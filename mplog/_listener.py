@@ -396,7 +396,11 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
     try:
         handlers = build_handlers(cfg.handlers)
     except Exception as exc:
-        ready.send(("error", f"building the handlers failed: {type(exc).__name__}: {exc}"))
+        why = f"{type(exc).__name__}: {exc}"
+        cause = exc.__cause__
+        if cause is not None:  # dictConfig wraps the real reason
+            why += f" ({type(cause).__name__}: {cause})"
+        ready.send(("error", f"building the handlers failed: {why}"))
         return
     try:
         lsock = bind(cfg.address)

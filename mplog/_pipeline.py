@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
 from ._listener import ListenerConfig
@@ -360,8 +361,9 @@ class Pipeline:
 
 
 def start(
-    handlers: Handlers,
+    handlers: Handlers | None = None,
     *,
+    config: dict[str, Any] | None = None,
     level: int = logging.NOTSET,
     address: str | None = None,
     install: bool = True,
@@ -373,6 +375,9 @@ def start(
         handlers: the handlers the listener passes records to: a list (shipped to the
             listener process by pickling) or a callable that builds them there (closures
             and lambdas work).
+        config: instead of *handlers*, a ``logging.config.dictConfig`` dictionary applied
+            in the listener process; the handlers it attaches to the root logger are the
+            listener's handlers (``"class": "mplog.SocketHandler"`` works there).
         level: level set on the root logger of processes mplog configures.
         address: the intake socket path; None makes a fresh one in a private (0700) dir.
         install: log this process's records into the pipeline and export
@@ -400,6 +405,11 @@ def start(
         level = logging.getLevelName(level) if isinstance(level, str) else level
         if not isinstance(level, int):
             raise ConfigError(f"unknown level {level!r}")
+    if (handlers is None) == (config is None):
+        raise ConfigError("mplog.start() needs handlers or config=, and not both")
+    if config is not None:
+        handlers = DictConfigHandlers(check_config(config))
+    assert handlers is not None
     payload = _ship_handlers(handlers)
     tmpdir = None
     if address is None:

@@ -75,7 +75,25 @@ class QueueHandler(logging.handlers.QueueHandler):
 
     queue: IntakeClient  # type: ignore[assignment]
 
-    def __init__(self, address: str | None = None, level: int = logging.NOTSET) -> None:
+    def __init__(self, *args: Any, address: str | None = None, level: int = logging.NOTSET) -> None:
+        """``QueueHandler(address=None, level=NOTSET)``, positional or by keyword.
+
+        Also usable as ``"class": "mplog.QueueHandler"`` in ``logging.config.dictConfig``:
+        from Python 3.12 on, dictConfig passes every QueueHandler subclass a queue of its
+        own as the first argument; mplog has no use for it and ignores it.
+        """
+        if len(args) > 2:
+            raise TypeError(f"QueueHandler takes at most 2 positional arguments, got {len(args)}")
+        if args:
+            first = args[0]
+            if first is None or isinstance(first, str | os.PathLike):
+                if address is not None:
+                    raise TypeError("QueueHandler got address twice")
+                address = None if first is None else os.fspath(first)
+            elif not (hasattr(first, "put_nowait") and hasattr(first, "get")):
+                raise ConfigError(f"QueueHandler address must be a str path, got {first!r}")
+            if len(args) == 2:
+                level = args[1]
         logging.Handler.__init__(self, level)
         self.address = resolve_address(address)
         self.queue = IntakeClient(self.address)

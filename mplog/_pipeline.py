@@ -15,6 +15,8 @@ Rules this module keeps:
 from __future__ import annotations
 
 import atexit
+import importlib
+import io
 import logging
 import os
 import pathlib
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,9 +78,43 @@ def _check_address(address: str) -> None:
     raise ConfigError(f"cannot bind address {address!r}: a running listener already uses it")
 
 
-def _ship_handlers(handlers: Handlers) -> bytes:
-    import dill
+_PICKLER: Any = None
 
+
+def _pickler() -> Any:
+    """dill's pickler, except that a module this process imported by name is pickled by
+    reference (the listener imports it), not by value.
+
+    dill pickles by value a module it does not consider installed (the user's own
+    package, an editable install: mplog itself in a checkout), dictionary and all, which
+    fails on the first unpicklable global in it. ``spawn`` gives the listener this
+    process's ``sys.path`` and working directory, so importing by name works there.
+    Functions defined in ``__main__`` (and lambdas, closures) still go by value.
+    """
+    global _PICKLER
+    if _PICKLER is None:
+        import dill
+
+        by_value = dill.Pickler.dispatch[types.ModuleType]
+
+        def save_module(pickler: Any, obj: types.ModuleType) -> None:
+            name = obj.__name__
+            if name != "__main__" and not name.startswith("__") and sys.modules.get(name) is obj:
+                pickler.save_reduce(importlib.import_module, (name,), obj=obj)
+            else:
+                by_value(pickler, obj)
+
+        class Pickler(dill.Pickler):  # type: ignore[misc]
+            dispatch = dill.Pickler.dispatch.copy()
+
+        Pickler.dispatch[types.ModuleType] = save_module
+        _PICKLER = Pickler
+    return _PICKLER
+
+
+def ship_handlers(handlers: Handlers) -> bytes:
+    """Check *handlers* (a list of handlers, or a factory) and pickle them for the
+    listener process; :class:`ConfigError` saying what is wrong otherwise."""
     if callable(handlers) and not isinstance(handlers, logging.Handler):
         what = "the handlers factory"
     else:
@@ -92,13 +129,35 @@ def _ship_handlers(handlers: Handlers) -> bytes:
             if not isinstance(h, logging.Handler):
                 raise ConfigError(f"handlers must be logging.Handler instances, got {h!r}")
         what = "the handlers"
+    buf = io.BytesIO()
     try:
-        return dill.dumps(handlers, recurse=True)  # type: ignore[no-any-return]
+        _pickler()(buf, recurse=True).dump(handlers)
     except Exception as exc:
         raise ConfigError(
             f"{what} cannot be shipped to the listener process ({type(exc).__name__}: {exc}); "
             "pass a callable that builds them there instead"
         ) from exc
+    return buf.getvalue()
+
+
+def _forget_inherited_listeners() -> None:
+    """In a forked child: forget the listener processes its parent started.
+
+    They are in ``multiprocess``'s set of children that the fork copied, and its exit
+    handler would try to join them when the child exits (an AssertionError on stderr in
+    every gunicorn worker, celery prefork child or forked pool worker).
+    """
+    from multiprocess import process as mp_process
+
+    children = getattr(mp_process, "_children", None)
+    if isinstance(children, set):
+        pid = os.getpid()
+        for p in list(children):
+            if getattr(p, "_parent_pid", pid) != pid:
+                children.discard(p)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_listeners)
 
 
 def _stop_resource_tracker() -> None:
@@ -410,7 +469,7 @@ def start(
     if config is not None:
         handlers = DictConfigHandlers(check_config(config))
     assert handlers is not None
-    payload = _ship_handlers(handlers)
+    payload = ship_handlers(handlers)
     tmpdir = None
     if address is None:
         tmpdir = tempfile.mkdtemp(prefix="mplog-")  # 0700
@@ -451,3 +510,5 @@ def worker_init(address: str | None = None, *, level: int = logging.NOTSET) -> N
         if isinstance(h, QueueHandler):
             h.close()
     root.addHandler(QueueHandler(address))
+
+_ship_handlers = ship_handlers  # old name, still used by mplog.integrations.celery

@@ -26,9 +26,11 @@ import logging
 import logging.handlers
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 
@@ -96,7 +98,7 @@ def worker(kind: str, arg: object, n: int, go: object, out: mp.Queue) -> None:
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.INFO)
-    if kind == "mplog":
+    if kind.startswith("mplog"):
         mplog.worker_init(str(arg), level=logging.INFO)
     elif kind == "cookbook":
         root.addHandler(logging.handlers.QueueHandler(arg))  # type: ignore[arg-type]
@@ -157,8 +159,11 @@ def run(kind: str, nworkers: int, total: int) -> dict[str, float]:
         port = port_q.get(timeout=30)
     listener = None
     pipeline = None
-    if kind == "mplog":
-        pipeline = mplog.start([mplog.SocketHandler("127.0.0.1", port)], install=False)
+    if kind.startswith("mplog"):
+        opts: dict[str, str] = {}
+        if kind == "mplog-spool":  # every record through the disk spool (spool_mode="all")
+            opts = {"spool_dir": tempfile.mkdtemp(prefix="mplog-bench-spool-"), "spool_mode": "all"}
+        pipeline = mplog.start([mplog.SocketHandler("127.0.0.1", port, **opts)], install=False)
         arg: object = pipeline.address
         listener_pid = pipeline.pid
     elif kind == "cookbook":
@@ -193,6 +198,8 @@ def run(kind: str, nworkers: int, total: int) -> dict[str, float]:
         peak.join()
     if pipeline is not None:
         pipeline.stop()
+        if opts:
+            shutil.rmtree(opts["spool_dir"], ignore_errors=True)
     if listener is not None:
         arg.put(None)  # type: ignore[attr-defined]
         listener.join(60)
@@ -215,9 +222,11 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=0, help="records per run (default 60000; quick 8000)")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--sizes", default="1,4,16", help="worker counts (default 1,4,16)")
+    ap.add_argument("--spool", action="store_true",
+                    help='also run "mplog-spool": mplog with spool_mode="all" (every record on disk)')
     a = ap.parse_args()
     total = a.records or (8000 if a.quick else 60000)
-    kinds = ["mplog", "cookbook", "per-proc", "fmt-only"]
+    kinds = ["mplog", "cookbook", "per-proc", "fmt-only"] + (["mplog-spool"] if a.spool else [])
     table: dict[str, dict[int, dict[str, float]]] = {k: {} for k in kinds}
     print(f"{total} records per run; Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
     print(f"{'setup':<10} {'N':>3} {'records/s':>11} {'worker us/call':>15} {'total us/rec':>13} {'listener RSS':>13}")
@@ -228,13 +237,18 @@ def main() -> None:
             table[kind][n] = r
             rss = f"{r['listener_rss_mib']:.1f} MiB" if r["listener_rss_mib"] else "-"
             rate = f"{r['rate']:,.0f}" if kind != "fmt-only" else "-"
-            print(f"{kind:<10} {n:>3} {rate:>11} {r['worker_us_per_call']:>15.2f} {r['total_us_per_record']:>13.2f} {rss:>13}", flush=True)
+            print(f"{kind:<11} {n:>3} {rate:>11} {r['worker_us_per_call']:>15.2f} {r['total_us_per_record']:>13.2f} {rss:>13}", flush=True)
     print("\nratios (same run)")
     for n in sizes:
-        m, c, p, f = (table[k][n] for k in kinds)
+        m, c, p, f = (table[k][n] for k in kinds[:4])
         print(f"N={n:>2}: mplog/cookbook throughput {m['rate'] / c['rate']:.2f}x (goal >= 2 at N=4,16); "
               f"mplog/per-proc {m['rate'] / p['rate']:.2f}x; "
               f"worker CPU mplog/fmt-only {m['worker_us_per_call'] / f['worker_us_per_call']:.2f}x (goal <= 1.2)")
+        if a.spool:
+            sp = table["mplog-spool"][n]
+            print(f"      mplog-spool/mplog throughput {sp['rate'] / m['rate']:.2f}x; "
+                  f"total CPU {sp['total_us_per_record'] / m['total_us_per_record']:.2f}x; "
+                  f"listener RSS {sp['listener_rss_mib']:.1f} vs {m['listener_rss_mib']:.1f} MiB")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(table, fh, indent=2)

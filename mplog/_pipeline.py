@@ -419,6 +419,33 @@ class Pipeline:
         return f"<mplog.Pipeline address={self.address!r} {state}>"
 
 
+def check_options(options: dict[str, Any], who: str) -> dict[str, Any]:
+    """*options* (the keyword arguments of :func:`start` beyond the named ones) checked
+    and completed with the defaults; :class:`ConfigError` naming *who* otherwise."""
+    unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for {who}; known: {', '.join(sorted(_DEFAULT_OPTIONS))}"
+        )
+    opts = dict(_DEFAULT_OPTIONS, **options)
+    if opts["start_method"] not in _START_METHODS:
+        raise ConfigError(
+            f"start_method must be one of {', '.join(_START_METHODS)}; "
+            f"got {opts['start_method']!r}"
+        )
+    return opts
+
+
+def check_level(level: object) -> int:
+    """A level as an int, from an int or a name (any case); :class:`ConfigError` if not."""
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise ConfigError(f"unknown level {level!r}")
+    return level
+
+
 def start(
     handlers: Handlers | None = None,
     *,
@@ -448,22 +475,8 @@ def start(
         ConfigError: an unknown option, a bad handlers argument, an address that cannot be
             bound, or a handlers factory that raised in the listener.
     """
-    unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"for mplog.start(); known: {', '.join(sorted(_DEFAULT_OPTIONS))}"
-        )
-    opts = dict(_DEFAULT_OPTIONS, **options)
-    if opts["start_method"] not in _START_METHODS:
-        raise ConfigError(
-            f"start_method must be one of {', '.join(_START_METHODS)}; "
-            f"got {opts['start_method']!r}"
-        )
-    if not isinstance(level, int):
-        level = logging.getLevelName(level) if isinstance(level, str) else level
-        if not isinstance(level, int):
-            raise ConfigError(f"unknown level {level!r}")
+    opts = check_options(options, "mplog.start()")
+    level = check_level(level)
     if (handlers is None) == (config is None):
         raise ConfigError("mplog.start() needs handlers or config=, and not both")
     if config is not None:
@@ -511,4 +524,3 @@ def worker_init(address: str | None = None, *, level: int = logging.NOTSET) -> N
             h.close()
     root.addHandler(QueueHandler(address))
 
-_ship_handlers = ship_handlers  # old name, still used by mplog.integrations.celery

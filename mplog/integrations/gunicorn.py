@@ -50,7 +50,7 @@ import dill
 from gunicorn.glogging import Logger as _GunicornLogger  # type: ignore[import-untyped]
 
 from .._errors import ConfigError
-from .._pipeline import _DEFAULT_OPTIONS, Handlers, Pipeline, ship_handlers, start
+from .._pipeline import Handlers, Pipeline, check_level, check_options, ship_handlers, start
 from ..handlers import ENV_ADDRESS, QueueHandler
 
 __all__ = [
@@ -90,17 +90,6 @@ class _State:
 _state = _State()
 
 
-def _level(level: int | str) -> int:
-    if isinstance(level, bool) or not isinstance(level, (int, str)):
-        raise ConfigError(f"level must be an int or a level name, got {level!r}")
-    if isinstance(level, str):
-        value = logging.getLevelName(level.upper())
-        if not isinstance(value, int):
-            raise ConfigError(f"unknown level {level!r}")
-        return value
-    return level
-
-
 def configure(
     handlers: Handlers,
     *,
@@ -126,17 +115,11 @@ def configure(
                 "configure() takes no install=: the hooks install the pipeline in every "
                 "gunicorn process"
             )
-        unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"unknown option{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))} for configure(); "
-                f"known: {', '.join(sorted(_DEFAULT_OPTIONS))}"
-            )
+        check_options(options, "configure()")
         if address is not None and not isinstance(address, (str, os.PathLike)):
             raise ConfigError(f"address must be a path or None, got {address!r}")
         cfg = _Config(
-            level=_level(level),
+            level=check_level(level),
             address=os.fspath(address) if address is not None else None,
             options=dict(options),
             payload=_ship(handlers),

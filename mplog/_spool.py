@@ -423,13 +423,7 @@ class SpooledBuffer(FrameBuffer):
         """Drop and count the memory frames; spooled records stay on disk for the next
         run. The spool is closed: later records are dropped and counted."""
         spool = self.spool
-        n = len(self._frames)
-        self._frames.clear()
-        self._bytes = 0
-        self._pinned = 0
-        self.removed += n
-        if n:
-            self._count_drop(n, now)
+        n = super().clear(now)  # FrameBuffer.clear sees only the memory frames
         if spool is not None and not self._spool_closed:
             self.left_on_disk = len(spool)
             self._spool_closed = True

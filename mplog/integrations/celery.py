@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, signals  # type: ignore[import-untyped]  # celery ships no types
+from celery._state import get_current_task  # type: ignore[import-untyped]
 from celery.utils.log import get_multiprocessing_logger  # type: ignore[import-untyped]
 
 from .._dictconfig import check_config
@@ -47,7 +48,7 @@ from .._errors import ConfigError
 from .._pipeline import Handlers, Pipeline, check_level, check_options, ship_handlers
 from .._pipeline import start as _start_pipeline
 from .._pipeline import worker_init as _worker_init
-from ..handlers import ENV_ADDRESS
+from ..handlers import ENV_ADDRESS, QueueHandler
 
 __all__ = ["install"]
 
@@ -173,6 +174,31 @@ def _start(celery_level: object) -> None:
         **_settings.options,
     )
     _pipeline_pid = os.getpid()
+    _add_task_fields()
+
+
+class _TaskFields(logging.Filter):
+    """Adds ``task_id`` and ``task_name`` to records logged while a task runs in this
+    process (what celery's ``TaskFormatter`` shows; it is not installed here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = get_current_task()
+        if task is not None and not hasattr(record, "task_id"):
+            request = getattr(task, "request", None)
+            task_id = getattr(request, "id", None)
+            if task_id is not None:
+                record.task_id = task_id
+                record.task_name = task.name
+        return True
+
+
+def _add_task_fields() -> None:
+    """Put :class:`_TaskFields` on this process's mplog handler (once; forks inherit it)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, QueueHandler) and not any(
+            isinstance(f, _TaskFields) for f in handler.filters
+        ):
+            handler.addFilter(_TaskFields())
 
 
 # -- signal receivers (celery calls them with keyword arguments only) --------------------
@@ -203,6 +229,7 @@ def _on_setup_logging(loglevel: object = None, **_: Any) -> None:
         # A pool process started by spawn (it inherited the address from the worker), or a
         # celery program started by a process that runs a pipeline: log into that one.
         _worker_init(level=_level(loglevel))
+        _add_task_fields()
         return
     _start(loglevel)  # celery beat, celery events, a program calling app.log.setup()
 
@@ -223,6 +250,7 @@ def _on_worker_process_init(**_: Any) -> None:
     # way keep the root level the process has.
     address = _pipeline.address if _pipeline is not None else None
     _worker_init(address, level=logging.getLogger().level)
+    _add_task_fields()
 
 
 def _on_worker_process_shutdown(**_: Any) -> None:

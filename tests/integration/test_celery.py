@@ -208,6 +208,11 @@ def _check_run(worker: Worker, receiver: Receiver, result: dict[str, Any],
     missing = ok_uids - set(per_uid) - {row[2] for row in tasks if row[1] == CRASH}
     assert not missing, f"{len(missing)} succeeded tasks have no record, e.g. {sorted(missing)[:5]}"
     assert set(per_uid) <= {row[2] for row in tasks}, "records of tasks nobody sent"
+    # Each task's records carry its id and name, as celery's TaskFormatter would show them.
+    id_of = {row[2]: row[0] for row in tasks}
+    wrong = [r for r in hello if r.get("task_id") != id_of[r["uid"]] or r.get("task_name") != HELLO]
+    assert not wrong, f"{len(wrong)} task records without their task id/name, e.g. {wrong[:1]}"
+    assert not any("task_id" in r for r in records if r["name"] == "celery.worker.strategy")
 
     # celery's own records: the main process's "received" and the pool's "succeeded" (the
     # latter from the process that ran the task), once per task.

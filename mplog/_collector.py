@@ -369,6 +369,13 @@ class Collector:
             data, conn.head = conn.head, b""
             if data.startswith(MAGIC[:4]):
                 conn.mplog = ServerConnection(self.key, self.window)
+            elif self.key is not None:
+                # The stdlib wire cannot be signed: with a key, only signed senders get in.
+                self._bad(conn, ProtocolError(
+                    "a stdlib-wire (pickle) connection, refused: this collector requires "
+                    "HMAC-signed mplog frames"
+                ))
+                return
             else:
                 conn.pickle = FrameSplitter(MAX_PICKLE_FRAME)
         try:

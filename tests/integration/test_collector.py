@@ -121,9 +121,19 @@ def test_hmac_right_key_works_wrong_key_refused(tmp_path: pathlib.Path, start_pi
         assert not none.flush(1.5)
         bad.stop(timeout=0.5)
         none.stop(timeout=0.5)
+        # The stdlib wire cannot be signed: refused when the collector has a key.
+        h = logging.handlers.SocketHandler("127.0.0.1", srv.port)
+        try:
+            h.emit(logging.makeLogRecord({"name": "collector.main", "msg": "unsigned"}))
+            assert h.sock is not None
+            h.sock.settimeout(10)
+            assert h.sock.recv(1) == b""  # the collector closed the connection
+        finally:
+            h.close()
         assert srv.terminate() == 0
         err = srv.stderr()
         assert "wrong HMAC" in err and "requires HMAC" in err
+        assert "stdlib-wire (pickle) connection, refused" in err
         assert len([r for r in srv.lines() if r.get("name") == "collector.main"]) == 20
     finally:
         srv.stop()

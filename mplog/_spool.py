@@ -336,7 +336,10 @@ class SpooledBuffer(FrameBuffer):
     def open(self) -> Spool:
         """Open (once) the spool and queue what an earlier run left in it."""
         if self.spool is None:
-            self.spool = Spool(self.spool_dir, self.spool_max_bytes)
+            # Segments of at most 1/8 of the bound, so that delivered records free room
+            # (a segment is deleted whole) long before the spool is empty.
+            segment = min(4 * 1024 * 1024, max(64 * 1024, self.spool_max_bytes // 8))
+            self.spool = Spool(self.spool_dir, self.spool_max_bytes, segment_bytes=segment)
             self.pushed += len(self.spool)
         return self.spool
 

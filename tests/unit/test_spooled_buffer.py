@@ -113,3 +113,17 @@ def test_bad_options(tmp_path: pathlib.Path, kw: dict, match: str) -> None:
     args.update(kw)
     with pytest.raises(ConfigError, match=match):
         SpooledBuffer(10, 1000, "drop_oldest", **args)
+
+
+def test_delivered_segments_make_room_before_the_spool_is_empty(tmp_path: pathlib.Path) -> None:
+    b = _buf(tmp_path, records=1, mode="all", overflow="block", spool_max=256 * 1024)
+    frame = b"y" * 1000
+    while b.push(frame, 0.0):
+        pass
+    full = len(b)
+    assert b.dropped == 0 and full > 200  # block: refused, not counted
+    b.pin_batch(1 << 30)
+    b.release(full // 2)  # half delivered: the oldest segments are deleted whole
+    assert b.push(frame, 0.0), "no room although half of the spool was delivered"
+    assert len(b) == full - full // 2 + 1
+    b.clear(0.0)

@@ -189,6 +189,10 @@ class FrameBuffer:
             self._count_drop(n, now)
         return n
 
+    def spool_stats(self) -> dict[str, int]:
+        """The disk spool's counters: none here (see ``mplog._spool.SpooledBuffer``)."""
+        return {"spooled": 0, "spool_bytes": 0, "spool_damaged": 0}
+
     def take_report(self) -> DropReport | None:
         """Return the drops not yet reported (and mark them reported), or None."""
         if not self._unreported:

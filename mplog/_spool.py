@@ -339,7 +339,10 @@ class SpooledBuffer(FrameBuffer):
             # Segments of at most 1/8 of the bound, so that delivered records free room
             # (a segment is deleted whole) long before the spool is empty.
             segment = min(4 * 1024 * 1024, max(64 * 1024, self.spool_max_bytes // 8))
-            self.spool = Spool(self.spool_dir, self.spool_max_bytes, segment_bytes=segment)
+            try:
+                self.spool = Spool(self.spool_dir, self.spool_max_bytes, segment_bytes=segment)
+            except OSError as exc:  # e.g. a segment file we may not read
+                raise ConfigError(f"cannot use spool_dir {self.spool_dir!r}: {exc}") from exc
             self.pushed += len(self.spool)
         return self.spool
 
@@ -436,7 +439,7 @@ class SpooledBuffer(FrameBuffer):
     def spool_stats(self) -> dict[str, int]:
         spool = self.spool
         if spool is None:
-            return {"spooled": 0, "spool_bytes": 0, "spool_damaged": 0}
+            return super().spool_stats()
         return {
             "spooled": self.left_on_disk if self._spool_closed else len(spool),
             "spool_bytes": spool.disk_bytes,

@@ -15,6 +15,7 @@ import os
 import pickle
 import socket
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -369,7 +370,14 @@ class SocketHandler(logging.handlers.SocketHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._sender._thread is None:
-            self.start()  # before encoding: opening a spool may renumber the wire
+            try:
+                self.start()  # before encoding: opening a spool may renumber the wire
+            except ConfigError:
+                # Used on its own (not in the listener, which starts it first) with a
+                # spool it cannot open: the record is counted, and the error reported.
+                self._sender.buffer.drop(time.time())
+                self.handleError(record)
+                return
         try:
             frame = self._encode(record)
         except Exception:
@@ -431,11 +439,8 @@ class SocketHandler(logging.handlers.SocketHandler):
                 "reconnects": s.reconnects,
                 "connected": int(s.connected),
                 "drop_reports": s.reports_sent,
-                **(s.buffer.spool_stats() if isinstance(s.buffer, SpooledBuffer) else _NO_SPOOL),
+                **s.buffer.spool_stats(),
             }
-
-
-_NO_SPOOL = {"spooled": 0, "spool_bytes": 0, "spool_damaged": 0}
 
 
 def _picklable(value: object) -> object:

@@ -199,3 +199,17 @@ def test_full_spool_applies_the_overflow_policy_and_counts(tmp_path: pathlib.Pat
     warn = receiver.wait_records(1, 20, where=lambda r: r["name"] == "mplog")
     assert str(st["dropped"]) in warn[0]["msg"], warn[0]["msg"]
     receiver.stop()
+
+
+def test_standalone_handler_with_a_spool_in_use_counts_and_reports(tmp_path: pathlib.Path, capsys) -> None:
+    from mplog._spool import Spool
+
+    holder = Spool(str(tmp_path / "spool"), 1 << 20)  # another user holds the directory
+    h = mplog.SocketHandler("127.0.0.1", 9, spool_dir=str(tmp_path / "spool"))
+    try:
+        h.emit(logging.makeLogRecord({"name": LOGGER, "msg": "m"}))  # never raises
+        assert h.stats()["dropped"] == 1
+        assert "is in use by another mplog handler" in capsys.readouterr().err
+    finally:
+        h.close()
+        holder.close()

@@ -31,10 +31,10 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
+from ._config import load_key
 from ._errors import ConfigError, ProtocolError
 from ._framing import FrameSplitter
-from ._mplogwire import load_key
-from ._protocol import DEFAULT_WINDOW, MAGIC, Close, Hello, Record, ServerConnection
+from ._wires.mplog import DEFAULT_WINDOW, MAGIC, Close, Hello, Record, ServerConnection
 
 __all__ = ["Collector"]
 

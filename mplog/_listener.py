@@ -1,17 +1,12 @@
-"""IO: the listener process: intake server, handlers, parent watch.
+"""IO: the listener process's entry point: build the handlers, bind, serve.
 
 Rules this module keeps:
 
-- One selector loop, in the process's only non-sender thread, reads every worker
-  connection in large chunks and splits frames; records are decoded in batches and passed
-  to :class:`mplog.QueueListener`, which passes them to the handlers built here.
-- A connection that sends a malformed or oversized frame is closed and counted; a worker
-  that dies mid-frame costs only its partial frame (counted). Nobody else is affected.
-- Control requests (stats, flush, stop) arrive on the same socket as JSON objects and are
-  answered on the connection that asked.
-- The process ends when asked to (``stop``, SIGTERM) or when its parent dies (noticed by
-  ``PR_SET_PDEATHSIG`` where available and by a ``getppid()`` check on every loop turn);
-  either way it drains what it can read, closes its handlers within a deadline and exits.
+- The handlers (or their factory) arrive pickled and are built here, in the listener
+  process; a failure is reported to ``start()`` as one line, not as a traceback.
+- The intake server (``mplog._intake.IntakeServer``) runs in the main thread until it is
+  asked to stop or the parent dies (``PR_SET_PDEATHSIG`` where available, and a
+  ``getppid()`` check on every loop turn).
 """
 
 from __future__ import annotations
@@ -19,30 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import selectors
 import signal
-import socket
-import stat
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
-from ._errors import ConfigError, ProtocolError
-from ._framing import FrameSplitter
-from ._record import decode_control, decode_records, encode_control, is_record, make_record
+from ._errors import ConfigError
+from ._intake import IntakeServer, bind
 from .handlers import QueueListener, SocketHandler
 
 __all__ = ["ListenerConfig", "main"]
-
-#: Bytes read from a worker connection per ``recv``: big enough for hundreds of records.
-READ_SIZE = 256 * 1024
-#: Loop wake-up period when idle: bounds how late a dead parent is noticed.
-IDLE_TICK = 0.25
-#: Seconds the handlers get to deliver what they hold when the parent died.
-ORPHAN_CLOSE_TIMEOUT = 1.0
 
 
 @dataclass
@@ -83,311 +64,6 @@ def build_handlers(payload: bytes) -> list[logging.Handler]:
     return list(obj)
 
 
-def bind(address: str) -> socket.socket:
-    """Bind and listen on the Unix socket *address*, replacing a stale socket file."""
-    if os.path.lexists(address):
-        if not stat.S_ISSOCK(os.lstat(address).st_mode):
-            raise OSError(f"{address} exists and is not a socket")
-        os.unlink(address)  # a dead listener's socket; start() refused a live one
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        old = os.umask(0o077)
-        try:
-            s.bind(address)
-        finally:
-            os.umask(old)
-        s.listen(1024)
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
-
-
-class _Conn:
-    __slots__ = ("sock", "splitter")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.splitter = FrameSplitter()
-
-
-class IntakeServer:
-    """The listener's selector loop."""
-
-    def __init__(
-        self,
-        lsock: socket.socket,
-        address: str,
-        listener: QueueListener,
-        handlers: list[logging.Handler],
-        parent_pid: int,
-    ) -> None:
-        self.lsock = lsock
-        self.address = address
-        self.listener = listener
-        self.handlers = handlers
-        self.socket_handlers = [h for h in handlers if isinstance(h, SocketHandler)]
-        self.parent_pid = parent_pid
-        self.sel = selectors.DefaultSelector()
-        self.conns: dict[socket.socket, _Conn] = {}
-        self.received = 0
-        self.bad_frames = 0
-        self.torn_frames = 0
-        self.worker_lost = 0
-        self.handler_errors = 0
-        self.accepted = 0
-        self._flushes: list[tuple[socket.socket, float, list[int]]] = []
-        self._stop_reply: socket.socket | None = None
-        self._stop_reason: str | None = None
-        self._close_timeout: float | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.sel.register(lsock, selectors.EVENT_READ, "accept")
-        self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-
-    # -- signals ------------------------------------------------------------------------
-
-    def install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGUSR1, self._on_signal)  # our PR_SET_PDEATHSIG
-        # Ctrl-C reaches the whole process group; the main process decides when we stop.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        if signum == signal.SIGTERM:
-            self._stop_reason = self._stop_reason or "SIGTERM"
-        # SIGUSR1: the parent (or the thread that started us) ended; run() checks getppid.
-
-    # -- main loop ----------------------------------------------------------------------
-
-    def run(self) -> None:
-        while self._stop_reason is None:
-            timeout = 0.005 if self._flushes else IDLE_TICK
-            for key, _ in self.sel.select(timeout):
-                tag = key.data
-                if tag == "accept":
-                    self._accept()
-                elif tag == "wake":
-                    self._drain_wake()
-                else:
-                    self._read(key.fileobj)  # type: ignore[arg-type]
-            if os.getppid() != self.parent_pid:
-                self._stop_reason = "parent died"
-                self._close_timeout = ORPHAN_CLOSE_TIMEOUT
-            if self._flushes:
-                self._check_flushes()
-        self._shutdown()
-
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                continue
-        except BlockingIOError:
-            return
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: keep serving who we have
-                sys.stderr.write(f"mplog listener: accept failed: {exc}\n")
-                return
-            sock.setblocking(False)
-            self.conns[sock] = _Conn(sock)
-            self.sel.register(sock, selectors.EVENT_READ, "conn")
-            self.accepted += 1
-
-    def _close_conn(self, sock: socket.socket) -> None:
-        if self.conns.pop(sock, None) is not None:
-            self.sel.unregister(sock)
-        sock.close()
-
-    def _read(self, sock: socket.socket, drain: bool = False) -> None:
-        conn = self.conns.get(sock)
-        if conn is None:
-            return
-        while True:
-            try:
-                data = sock.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            try:
-                bodies = conn.splitter.feed(data)
-            except ProtocolError as exc:
-                if data:
-                    self.bad_frames += 1
-                    sys.stderr.write(f"mplog listener: closing a connection: {exc}\n")
-                else:
-                    self.torn_frames += 1
-                self._close_conn(sock)
-                return
-            if bodies and not self._process(sock, bodies):
-                return
-            if not data:
-                self._close_conn(sock)
-                return
-            if not drain and len(data) < READ_SIZE:
-                return
-
-    def _process(self, sock: socket.socket, bodies: list[bytes]) -> bool:
-        """Handle the frames of one read; False if the connection was closed."""
-        records = [b for b in bodies if is_record(b)]
-        if len(records) != len(bodies):
-            for body in bodies:
-                if not is_record(body):
-                    try:
-                        msg = decode_control(body)
-                    except ProtocolError as exc:
-                        return self._bad(sock, exc)
-                    self._control(sock, msg)
-        if records:
-            batch, error = decode_records(records)
-            self._handle_batch(batch)
-            if error is not None:
-                return self._bad(sock, error)
-        return sock in self.conns
-
-    def _bad(self, sock: socket.socket, exc: Exception) -> bool:
-        self.bad_frames += 1
-        sys.stderr.write(f"mplog listener: closing a connection that sent a bad frame: {exc}\n")
-        self._close_conn(sock)
-        return False
-
-    def _handle_batch(self, batch: list[dict[str, Any]]) -> None:
-        self.received += len(batch)
-        try:
-            self.listener.handle_batch(batch)
-        except Exception as exc:  # a handler bug must not end the listener
-            self.handler_errors += 1
-            sys.stderr.write(f"mplog listener: handler failed: {type(exc).__name__}: {exc}\n")
-
-    # -- control --------------------------------------------------------------------------
-
-    def _reply(self, sock: socket.socket, message: dict[str, Any]) -> None:
-        message.setdefault("op", "reply")
-        try:
-            sock.setblocking(True)
-            sock.settimeout(5.0)
-            sock.sendall(encode_control(message))
-            sock.setblocking(False)
-        except OSError:
-            self._close_conn(sock)  # the asker is gone; nothing to answer
-
-    def _control(self, sock: socket.socket, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
-        if op == "stats":
-            self._reply(sock, {"stats": self.stats()})
-        elif op == "flush":
-            self.drain_all()
-            for h in self.handlers:
-                if not isinstance(h, SocketHandler):
-                    h.flush()
-            timeout = float(msg.get("timeout", 5.0))
-            marks = [h.flush_mark() for h in self.socket_handlers]
-            self._flushes.append((sock, time.monotonic() + timeout, marks))
-            self._check_flushes()
-        elif op == "stop":
-            self._stop_reply = sock
-            self._stop_reason = "stop requested"
-            self._close_timeout = float(msg.get("timeout", 5.0))
-        elif op == "lost":
-            self._worker_lost(msg)
-        else:
-            self._reply(sock, {"error": f"unknown control op {op!r}"})
-
-    def _worker_lost(self, msg: dict[str, Any]) -> None:
-        count = int(msg.get("count", 0))
-        self.worker_lost += count
-        pid = msg.get("pid")
-        first = time.strftime("%H:%M:%S", time.localtime(float(msg.get("first", 0))))
-        last = time.strftime("%H:%M:%S", time.localtime(float(msg.get("last", 0))))
-        record = logging.LogRecord(
-            "mplog", logging.WARNING, __file__, 0,
-            "mplog: process %s could not reach the listener and wrote %d records to its "
-            "stderr instead, between %s and %s",
-            (pid, count, first, last), None, func="worker_lost",
-        )
-        record.mplog_dropped = count
-        self.received += 1
-        self.listener.handle(make_record(record.__dict__))
-
-    def _check_flushes(self) -> None:
-        now = time.monotonic()
-        still = []
-        for sock, deadline, marks in self._flushes:
-            done = all(h.flushed(m) for h, m in zip(self.socket_handlers, marks, strict=True))
-            if done or now >= deadline:
-                self._reply(sock, {"ok": done})
-            else:
-                still.append((sock, deadline, marks))
-        self._flushes = still
-
-    def drain_all(self) -> None:
-        """Read and handle everything the workers have written so far."""
-        for sock in list(self.conns):
-            self._read(sock, drain=True)
-
-    def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "received": self.received,
-            "handled": self.listener.handled,
-            "sent": 0,
-            "buffered": 0,
-            "buffered_bytes": 0,
-            "dropped": self.worker_lost + self.torn_frames,
-            "reconnects": 0,
-            "connected": 0,
-            "drop_reports": 0,
-            "spooled": 0,
-            "spool_bytes": 0,
-            "spool_damaged": 0,
-            "worker_lost": self.worker_lost,
-            "torn_frames": self.torn_frames,
-            "bad_frames": self.bad_frames,
-            "handler_errors": self.handler_errors + self.listener.errors,
-            "connections": len(self.conns),
-            "pid": os.getpid(),
-        }
-        for h in self.socket_handlers:
-            for k, v in h.stats().items():
-                out[k] += v
-        p = psutil.Process()
-        with p.oneshot():
-            out["listener_rss"] = p.memory_info().rss
-            cpu = p.cpu_times()
-            out["listener_cpu"] = cpu.user + cpu.system
-        return out
-
-    def _shutdown(self) -> None:
-        self.sel.unregister(self.lsock)
-        self.lsock.close()
-        pathlib.Path(self.address).unlink(missing_ok=True)
-        self.drain_all()
-        timeout = self._close_timeout if self._close_timeout is not None else 5.0
-        for sh in self.socket_handlers:
-            sh.close_timeout = min(sh.close_timeout, timeout)
-        self.listener.stop()
-        for h in self.handlers:
-            try:
-                h.close()
-            except Exception as exc:
-                self.handler_errors += 1
-                sys.stderr.write(f"mplog listener: closing a handler failed: {exc}\n")
-        for sock, _, _ in self._flushes:
-            self._reply(sock, {"ok": False})
-        if self._stop_reply is not None:
-            self._reply(self._stop_reply, {"stats": self.stats()})
-        for sock in list(self.conns):
-            self._close_conn(sock)
-
-
 def main(cfg: ListenerConfig, ready: Any) -> None:
     """Entry point of the listener process."""
     _set_pdeathsig(signal.SIGUSR1)
@@ -408,7 +84,10 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         ready.send(("error", f"cannot listen on address {cfg.address!r}: {exc}"))
         return
     listener = QueueListener(None, *handlers)
-    server = IntakeServer(lsock, cfg.address, listener, handlers, cfg.parent_pid)
+    sockets = [h for h in handlers if isinstance(h, SocketHandler)]
+    server = IntakeServer(
+        lsock, cfg.address, listener, handlers, sockets, parent_pid=cfg.parent_pid
+    )
     server.install_signals()
     try:
         listener.start()  # opens spools

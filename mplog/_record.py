@@ -31,6 +31,7 @@ from typing import Any
 
 from ._errors import ProtocolError
 from ._framing import HEADER
+from ._text import safe_repr
 
 __all__ = [
     "FIELDS",
@@ -44,7 +45,6 @@ __all__ = [
     "is_record",
     "make_record",
     "prepare_dict",
-    "safe_repr",
 ]
 
 #: The record fields carried as doubles right after the ``b"R"`` tag.
@@ -104,14 +104,6 @@ _c_encoder = c_make_encoder(
 
 def _to_json(value: Any) -> str:
     return "".join(_c_encoder(value, 0))
-
-
-def safe_repr(value: object) -> str:
-    """``repr(value)``, or a placeholder naming the type when ``repr`` itself fails."""
-    try:
-        return repr(value)
-    except Exception as exc:  # a broken __repr__ must not cost the record
-        return f"<unrepresentable {type(value).__qualname__}: {type(exc).__name__}>"
 
 
 def _message(record: logging.LogRecord) -> str:

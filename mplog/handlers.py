@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 
 from ._backoff import Backoff
 from ._buffer import OVERFLOW_POLICIES, DropReport, FrameBuffer
+from ._config import load_key
 from ._errors import ConfigError
 from ._framing import HEADER
 from ._intake import IntakeClient
-from ._record import encode, make_record, prepare_dict, safe_repr
+from ._record import encode, make_record, prepare_dict
 from ._sender import Sender, drop_record
 from ._spool import SpooledBuffer
+from ._text import safe_repr
 from ._wires import make_wire
 
 __all__ = ["ENV_ADDRESS", "QueueHandler", "QueueListener", "SocketHandler"]
@@ -238,7 +240,7 @@ class SocketHandler(logging.handlers.SocketHandler):
         spool_mode: str = "overflow",
         **wire_options: Any,
     ) -> None:
-        self._wire = make_wire(wire, wire_options)
+        self._wire = make_wire(wire, _resolve_files(wire, wire_options))
         if port is not None and not isinstance(port, int):
             raise ConfigError(f"port must be an int or None, got {port!r}")
         if overflow not in OVERFLOW_POLICIES:
@@ -441,6 +443,16 @@ class SocketHandler(logging.handlers.SocketHandler):
                 "drop_reports": s.reports_sent,
                 **s.buffer.spool_stats(),
             }
+
+
+def _resolve_files(wire: str, options: dict[str, Any]) -> dict[str, Any]:
+    """*options* with the ones that name files read now (``ConfigError`` if they cannot be):
+    the mplog wire's ``hmac_key_file`` (or ``$MPLOG_HMAC_KEY``) becomes ``hmac_key``."""
+    if wire != "mplog":
+        return options
+    out = dict(options)
+    out["hmac_key"] = load_key(out.pop("hmac_key", None), out.pop("hmac_key_file", None))
+    return out
 
 
 def _picklable(value: object) -> object:

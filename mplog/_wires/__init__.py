@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = ["WIRE_MODULES", "AckedWire", "Session", "Wire", "make_wire", "wire_names"]
 
@@ -66,10 +66,10 @@ class AckedWire(Protocol):
 
 #: wire name -> (module implementing it, class name). "pickle" is handled by the handler.
 WIRE_MODULES: dict[str, tuple[str, str]] = {
-    "syslog": ("mplog._syslog", "SyslogWire"),
-    "jsonl": ("mplog._jsonl", "JsonlWire"),
-    "relp": ("mplog._relpwire", "RelpWire"),
-    "mplog": ("mplog._mplogwire", "MplogWire"),
+    "syslog": ("mplog._wires.syslog", "SyslogWire"),
+    "jsonl": ("mplog._wires.jsonl", "JsonlWire"),
+    "relp": ("mplog._wires.relp", "RelpWire"),
+    "mplog": ("mplog._wires.mplog", "MplogWire"),
 }
 #: Wires named by the contract that this version does not implement yet.
 PLANNED: tuple[str, ...] = ()

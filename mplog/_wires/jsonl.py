@@ -37,9 +37,9 @@ from json.encoder import (  # type: ignore[attr-defined]
 )
 from typing import Any
 
-from ._errors import ConfigError
-from ._record import STANDARD_ATTRS
-from ._syslog import Timestamps
+from .._errors import ConfigError
+from .._record import STANDARD_ATTRS
+from .._text import Timestamps, safe_repr, valid_unicode
 
 __all__ = ["FIELDS", "JsonlWire"]
 
@@ -68,18 +68,11 @@ _SECOND = ("hostname", "process", "process_name", "thread", "thread_name", "path
 _MAX_DEPTH = 100
 
 
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception as exc:  # a broken __repr__ must not cost the record
-        return f"<unrepresentable {type(value).__qualname__}: {type(exc).__name__}>"
-
-
 # The C encoder behind json.dumps, built once (json.dumps builds it on every call). No
 # circular check (markers=None): a circular value raises RecursionError, and encode()
 # takes the slow path. allow_nan=False: NaN is not JSON.
 _fast = c_make_encoder(
-    None, _safe_repr, encode_basestring_ascii, None, ":", ",", False, False, False
+    None, safe_repr, encode_basestring_ascii, None, ":", ",", False, False, False
 )
 _plain = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _CACHE_MAX = 4096
@@ -93,31 +86,16 @@ def _json(value: object) -> str:
     return "".join(_fast(value, 0))
 
 
-def _text(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return _unsurrogate(value)
-    return value
-
-
-def _unsurrogate(value: str) -> str:
-    """Surrogate code points in *value*: a high-low pair becomes the character it stands
-    for (as a JSON parser would read it), a lone one its ``\\uXXXX`` text."""
-    joined = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
-    return joined.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _clean(value: object, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:
     """*value* made of JSON types only, with the substitutions of the module docstring."""
     if isinstance(value, str):
-        return _text(value)
+        return valid_unicode(value)
     if value is None or isinstance(value, bool | int):
         if isinstance(value, int) and not isinstance(value, bool):
             try:
                 str(value)
             except ValueError:  # more digits than int->str allows
-                return _safe_repr(value)
+                return safe_repr(value)
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
@@ -125,15 +103,16 @@ def _clean(value: object, depth: int = 0, seen: frozenset[int] = frozenset()) ->
         if id(value) in seen:
             return "<circular>"
         if depth >= _MAX_DEPTH:
-            return _text(_safe_repr(value))
+            return valid_unicode(safe_repr(value))
         inner = seen | {id(value)}
         if isinstance(value, dict):
             return {
-                _text(k if isinstance(k, str) else _safe_repr(k)): _clean(v, depth + 1, inner)
+                valid_unicode(k if isinstance(k, str) else safe_repr(k)):
+                    _clean(v, depth + 1, inner)
                 for k, v in value.items()
             }
         return [_clean(v, depth + 1, inner) for v in value]
-    return _text(_safe_repr(value))
+    return valid_unicode(safe_repr(value))
 
 
 class JsonlWire:
@@ -181,7 +160,7 @@ class JsonlWire:
         try:
             names = sorted(keys)
         except TypeError:  # keys of mixed types (not from the pipeline)
-            names = sorted(keys, key=_safe_repr)
+            names = sorted(keys, key=safe_repr)
         return {k: record[k] for k in names}
 
     def to_object(self, record: Mapping[str, Any]) -> dict[str, Any]:

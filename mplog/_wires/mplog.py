@@ -1,4 +1,7 @@
-"""Sans-IO implementation of the mplog wire protocol, version 1 (``docs/protocol.md``).
+"""``wire="mplog"``: mplog's own protocol, version 1 (``docs/protocol.md``), sans-IO.
+
+Both sides live here: :class:`ClientSession` and :class:`MplogWire` (the sender), and
+:class:`ServerConnection` (the collector).
 
 Rules this module keeps:
 
@@ -23,15 +26,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import struct
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ProtocolError
+from .._errors import ConfigError, ProtocolError
 
 __all__ = [
     "MAGIC",
@@ -41,6 +46,7 @@ __all__ = [
     "ClientSession",
     "Close",
     "Hello",
+    "MplogWire",
     "Record",
     "ServerConnection",
 ]
@@ -300,3 +306,44 @@ _record_encoder = json.JSONEncoder(separators=(",", ":"), default=repr)
 def record_payload(seq: int, record: Mapping[str, Any]) -> bytes:
     """The buffered payload of one record: its seq and its JSON object."""
     return _SEQ.pack(seq) + _record_encoder.encode(dict(record)).encode("ascii")
+
+
+class MplogWire:
+    """Options: ``hmac_key`` (bytes, already resolved by :func:`mplog._config.load_key`
+    from ``hmac_key=``, ``hmac_key_file=`` or ``$MPLOG_HMAC_KEY``), ``window`` (records in
+    flight unacknowledged, default 1024), ``sender_id`` (default: a fresh random id)."""
+
+    def __init__(
+        self,
+        *,
+        hmac_key: bytes | None = None,
+        window: int = DEFAULT_WINDOW,
+        sender_id: str | None = None,
+    ) -> None:
+        if not isinstance(window, int) or not 1 <= window <= 1_000_000:
+            raise ConfigError(f"window must be an int between 1 and 1000000, got {window!r}")
+        if hmac_key is not None and (not isinstance(hmac_key, bytes) or not hmac_key):
+            raise ConfigError("hmac_key must be non-empty bytes")
+        self.key = hmac_key
+        self.window = window
+        self.sender_id = sender_id or uuid.uuid4().hex
+        try:
+            ClientSession(self.sender_id, None, window)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self._seq = itertools.count(1)
+
+    def resume(self, sender_id: str, epoch: int) -> None:
+        """Continue a spool's numbering: its persistent *sender_id*, and sequence numbers
+        ``epoch << 40 | n`` (*epoch* grows at every open of the spool), so numbers keep
+        growing across restarts and the receiver's de-duplication holds."""
+        if not 1 <= epoch < 1 << 23:
+            raise ConfigError(f"spool epoch {epoch} out of range; remove the spool's epoch file")
+        self.sender_id = sender_id
+        self._seq = itertools.count((epoch << 40) + 1)
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        return record_payload(next(self._seq), record)
+
+    def new_session(self) -> ClientSession:
+        return ClientSession(self.sender_id, self.key, self.window)

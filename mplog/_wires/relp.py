@@ -20,10 +20,13 @@ Nothing here touches a socket or a clock.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
-from ._errors import ProtocolError
+from .._errors import ConfigError, ProtocolError
+from .syslog import SyslogWire
 
-__all__ = ["MAX_DATA", "RelpSession"]
+__all__ = ["MAX_DATA", "RelpSession", "RelpWire"]
 
 #: Largest DATA we accept in a server frame, and the librelp default maximum (128 KiB).
 MAX_DATA = 128 * 1024
@@ -165,3 +168,47 @@ class RelpSession:
                 raise ProtocolError("RELP frame without LF trailer")
         del buf[:end]
         return txnr, command, payload
+
+
+#: librelp's default window (``RELP_DFLT_WINDOW_SIZE``).
+DEFAULT_WINDOW = 128
+
+
+class _Session:
+    def __init__(self) -> None:
+        self._relp = RelpSession()
+
+    @property
+    def ready(self) -> bool:
+        return self._relp.ready
+
+    def handshake(self) -> bytes:
+        return self._relp.open_frame()
+
+    def frame(self, payload: bytes) -> bytes:
+        return self._relp.syslog_frame(payload)
+
+    def receive(self, data: bytes) -> int:
+        return self._relp.receive(data)
+
+    def close_frame(self) -> bytes:
+        return self._relp.close_frame()
+
+
+class RelpWire:
+    """Options: ``window`` (unacknowledged messages in flight, default 128) and every
+    option of ``wire="syslog"`` except ``framing`` (RELP frames the messages itself)."""
+
+    def __init__(self, *, window: int = DEFAULT_WINDOW, **syslog_options: Any) -> None:
+        if not isinstance(window, int) or not 1 <= window <= 1_000_000:
+            raise ConfigError(f"window must be an int between 1 and 1000000, got {window!r}")
+        if "framing" in syslog_options:
+            raise ConfigError("wire='relp' frames messages itself: drop the framing option")
+        self.window = window
+        self._syslog = SyslogWire(**syslog_options)
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        return self._syslog.message(record)
+
+    def new_session(self) -> _Session:
+        return _Session()

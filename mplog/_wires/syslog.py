@@ -53,14 +53,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import platform
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._errors import ConfigError
-from ._record import STANDARD_ATTRS
+from .._errors import ConfigError
+from .._record import STANDARD_ATTRS
+from .._text import Timestamps, cut_middle, safe_repr, valid_unicode
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
@@ -69,7 +69,6 @@ __all__ = [
     "FRAMINGS",
     "MIN_MAX_LENGTH",
     "SyslogWire",
-    "Timestamps",
     "severity",
 ]
 
@@ -125,17 +124,6 @@ def _sd_name(key: str) -> str:
     return text[:32] or "_"
 
 
-def _utf8(text: str) -> str:
-    """*text* made valid Unicode: a pair of surrogate code points becomes the character it
-    encodes, a lone surrogate its ``\\uXXXX`` text."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
-        return joined.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
 def _sd_value(value: object) -> str:
     """PARAM-VALUE for an extra: escaped text, JSON text for what is not a string."""
     if isinstance(value, str):
@@ -148,85 +136,22 @@ def _sd_value(value: object) -> str:
         try:
             return str(value) if type(value) is int else _escape(_to_json(value))
         except (ValueError, TypeError, RecursionError):  # e.g. an int over 4300 digits
-            text = _safe_repr(value)
+            text = safe_repr(value)
     return _escape(text)
 
 
 def _escape(text: str) -> str:
-    text = _utf8(text)
+    text = valid_unicode(text)
     if "\\" in text or '"' in text or "]" in text:
         text = text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
     return text
 
 
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception as exc:  # a broken __repr__ must not cost the record
-        return f"<unrepresentable {type(value).__qualname__}: {type(exc).__name__}>"
-
-
-_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_safe_repr).encode
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=safe_repr).encode
 
 
 def _text(value: object) -> str:
-    return value if isinstance(value, str) else _safe_repr(value)
-
-
-def _cut_middle(body: bytes, budget: int) -> bytes:
-    """*body* (UTF-8) in at most *budget* octets: its middle replaced by a marker."""
-    # Reserve the marker with the most digits it can need, then keep half of the rest
-    # from each end, moved to character boundaries (never inside a UTF-8 sequence).
-    reserve = len(f" [mplog: {len(body)} bytes cut] ")
-    keep = max(0, budget - reserve)
-    end = keep // 2
-    while end > 0 and body[end] & 0xC0 == 0x80:
-        end -= 1
-    start = len(body) - (keep - keep // 2)
-    while start < len(body) and body[start] & 0xC0 == 0x80:
-        start += 1
-    marker = f" [mplog: {start - end} bytes cut] ".encode("ascii")
-    return body[:end] + marker + body[start:]
-
-
-class Timestamps:
-    """RFC 3339 text with microseconds and offset for ``created`` values (sans-IO: the
-    zone rules come from the ``datetime`` module).
-
-    ``tz=None`` is the machine's local zone, with the offset in force at each instant
-    (daylight saving time included); an offset with seconds (old local mean times) is
-    not RFC 3339, so such an instant is written in UTC. Microseconds are rounded as
-    ``datetime.fromtimestamp`` rounds them. A value that is not a representable time
-    gives None. The date, time and offset are computed once per second.
-    """
-
-    def __init__(self, tz: datetime.tzinfo | None = None) -> None:
-        self.tz = tz
-        self._seconds: dict[int, tuple[str, str]] = {}
-
-    def __call__(self, created: object) -> str | None:
-        try:
-            frac, whole = math.modf(created)  # type: ignore[arg-type]
-            micros = round(frac * 1e6)
-            if micros >= 1_000_000:
-                micros -= 1_000_000
-                whole += 1.0
-            elif micros < 0:
-                micros += 1_000_000
-                whole -= 1.0
-            second = int(whole)
-            parts = self._seconds.get(second)
-            if parts is None:
-                aware = datetime.datetime.fromtimestamp(second, datetime.UTC).astimezone(self.tz)
-                text = aware.isoformat()
-                if len(text) != 25:  # an offset with seconds
-                    text = datetime.datetime.fromtimestamp(second, datetime.UTC).isoformat()
-                if len(self._seconds) >= 64:
-                    self._seconds.clear()
-                parts = self._seconds[second] = (text[:19], text[19:])
-        except (TypeError, ValueError, OverflowError, OSError):
-            return None
-        return f"{parts[0]}.{micros:06d}{parts[1]}"
+    return value if isinstance(value, str) else safe_repr(value)
 
 
 class SyslogWire:
@@ -395,7 +320,7 @@ class SyslogWire:
                 if text[-1:] != "\n":
                     text += "\n"
                 text += _text(more)
-        body = _utf8(text).encode("utf-8")
+        body = valid_unicode(text).encode("utf-8")
         return body.replace(b"\n", b"#012") if self._newline else body
 
     # -- the wire -------------------------------------------------------------------------
@@ -416,7 +341,7 @@ class SyslogWire:
                 sd = self._structured_data(params, max(room - len(body), room // 2))
             if len(sd) + len(body) > room:
                 bom = self._bom
-                body = bom + _cut_middle(body[len(bom):], room - len(sd) - len(bom))
+                body = bom + cut_middle(body[len(bom):], room - len(sd) - len(bom))
         return head + sd + b" " + body
 
     def encode(self, record: Mapping[str, Any]) -> bytes:

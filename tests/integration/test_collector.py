@@ -230,7 +230,7 @@ def test_serve_bad_usage_is_one_line(tmp_path: pathlib.Path) -> None:
 def _raw_mplog_client(port: int, sender: str, seqs: range) -> int:
     """Send records *seqs* of *sender* over a raw mplog-wire session; return the
     highest seq the collector said it had already written (from its welcome)."""
-    from mplog._protocol import ClientSession, record_payload
+    from mplog._wires.mplog import ClientSession, record_payload
 
     session = ClientSession(sender, None, 4096)
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:

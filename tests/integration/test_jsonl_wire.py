@@ -12,7 +12,7 @@ import platform
 from typing import Any
 
 import mplog
-from mplog._jsonl import FIELDS
+from mplog._wires.jsonl import FIELDS
 from tests.receivers import LineReceiver
 
 WORKERS = 8

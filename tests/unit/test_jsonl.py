@@ -1,4 +1,4 @@
-"""wire="jsonl" (mplog._jsonl), pure: every record is exactly one line of strict JSON."""
+"""wire="jsonl" (mplog._wires.jsonl), pure: every record is exactly one line of strict JSON."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 import mplog
 from mplog import ConfigError
-from mplog._jsonl import FIELDS, JsonlWire
 from mplog._record import STANDARD_ATTRS, prepare_dict
+from mplog._wires.jsonl import FIELDS, JsonlWire
 
 NAMES = [name for name, _ in FIELDS]
 W = JsonlWire(hostname="h1")

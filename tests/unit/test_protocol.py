@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mplog import ProtocolError
-from mplog._protocol import (
+from mplog._wires.mplog import (
     MAGIC,
     MAX_FRAME,
     ClientSession,

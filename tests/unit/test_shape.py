@@ -9,7 +9,8 @@ import sys
 
 import mplog
 
-SANS_IO = ["_framing.py", "_record.py", "_backoff.py", "_buffer.py", "_errors.py", "_protocol.py", "_relp.py", "_syslog.py", "_jsonl.py", "_wires.py", "_spoolfmt.py"]
+SANS_IO = ["_framing.py", "_record.py", "_backoff.py", "_buffer.py", "_errors.py", "_text.py", "_spoolfmt.py",
+           "_wires/__init__.py", "_wires/mplog.py", "_wires/relp.py", "_wires/syslog.py", "_wires/jsonl.py"]
 FORBIDDEN = {"socket", "select", "selectors", "threading", "time", "os", "multiprocessing", "multiprocess"}
 
 

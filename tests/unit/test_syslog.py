@@ -1,4 +1,4 @@
-"""wire="syslog" (mplog._syslog), pure: every message parses back under RFC 5424's ABNF."""
+"""wire="syslog" (mplog._wires.syslog), pure: every message parses back under RFC 5424's ABNF."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import mplog
 from mplog import ConfigError
 from mplog._record import STANDARD_ATTRS, prepare_dict
 from mplog._sender import drop_record
-from mplog._syslog import DEFAULT_MAX_LENGTH, FACILITIES, SyslogWire, Timestamps, severity
+from mplog._text import Timestamps
+from mplog._wires.syslog import DEFAULT_MAX_LENGTH, FACILITIES, SyslogWire, severity
 
 # -- a strict RFC 5424 parser (RFC 5424 §6 ABNF), written for these tests -----------------
 
@@ -250,7 +251,7 @@ def test_timestamp_follows_local_daylight_saving_time() -> None:
     # In a child with its own TZ, so this process's time zone is left alone.
     code = (
         "import datetime\n"
-        "from mplog._syslog import Timestamps\n"
+        "from mplog._text import Timestamps\n"
         "ts = Timestamps()\n"
         "for t in (1772953199.5, 1772953200.5, 1793512799.25, 1793512800.25, 1700000000.0):\n"
         "    assert ts(t) == datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec='microseconds')\n"

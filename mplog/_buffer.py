@@ -178,6 +178,13 @@ class FrameBuffer:
         self._pinned = 0
         self.removed += n
 
+    def discard_head(self, now: float) -> None:
+        """Drop (and count) the oldest frame: the one that keeps failing to be sent."""
+        self.unpin()
+        if self.pin_batch(1):
+            self.release(1)
+            self._count_drop(1, now)
+
     def clear(self, now: float) -> int:
         """Drop (and count) everything; return how many frames that was."""
         n = len(self._frames)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import struct
 
-from ._errors import ProtocolError
+from ._errors import RemoteProtocolError
+from ._limits import INTAKE_FRAME
 
 __all__ = ["HEADER", "MAX_FRAME", "FrameSplitter", "frame"]
 
 HEADER = struct.Struct(">L")
 
-#: Largest body accepted by default: 16 MiB. A log record with a long traceback is a few
-#: KiB; anything near this limit is a bug or an attack, and refusing it costs one record
-#: while accepting it could cost the listener's memory.
-MAX_FRAME = 16 * 1024 * 1024
+#: Largest body accepted by default: the intake's limit (``mplog._limits.INTAKE_FRAME``);
+#: a worker cuts a larger record before writing it, so only a non-mplog writer sends more.
+MAX_FRAME = INTAKE_FRAME
 
 
 def frame(body: bytes) -> bytes:
@@ -55,7 +55,7 @@ class FrameSplitter:
             if self._buf:
                 n = len(self._buf)
                 self._buf.clear()
-                raise ProtocolError(f"stream ended inside a frame ({n} bytes pending)")
+                raise RemoteProtocolError(f"stream ended inside a frame ({n} bytes pending)")
             return []
         buf = self._buf
         buf += data
@@ -68,7 +68,7 @@ class FrameSplitter:
             (n,) = unpack(buf, pos)
             if n > limit:
                 buf.clear()
-                raise ProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
+                raise RemoteProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
             stop = pos + 4 + n
             if stop > end:
                 break

@@ -39,13 +39,15 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from ._errors import MplogError, ProtocolError
+from ._errors import ConfigError, MplogError, ProtocolError, RemoteProtocolError
 from ._framing import FrameSplitter
 from ._record import (
+    check_control,
     decode_control,
     decode_record,
     decode_records,
@@ -53,6 +55,7 @@ from ._record import (
     is_record,
     make_record,
 )
+from ._text import iso_local
 
 if TYPE_CHECKING:
     from .handlers import QueueListener, SocketHandler
@@ -100,7 +103,12 @@ class IntakeClient:
         self.address = address
         self.outage_budget = outage_budget
         self.send_timeout = send_timeout
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler (or a handler called while we write) that logs in
+        # the thread already inside send() must not deadlock. Its record is queued and
+        # written by the outer call once its own frame is whole (see send()).
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._pending: deque[bytes] = deque()
         self._sock: socket.socket | None = None
         self._pid = os.getpid()
         self._outage_deadline: float | None = None
@@ -118,7 +126,9 @@ class IntakeClient:
     def _reset_after_fork(self) -> None:
         # The parent's lock may have been held by a thread that does not exist here, and
         # the parent's socket must stay the parent's: close only our copy of the fd.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._pending = deque()
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
@@ -156,34 +166,77 @@ class IntakeClient:
             self._lost = 0
         return s
 
+    def check(self) -> None:
+        """Connect now (within the outage budget); :class:`ConfigError` naming the address
+        if no listener answers there, so a wrong address fails at configuration time."""
+        deadline = time.monotonic() + self.outage_budget
+        with self._lock:
+            while self._sock is None:
+                self._sock = self._connect()
+                if self._sock is None:
+                    if time.monotonic() >= deadline:
+                        raise ConfigError(self._unreachable())
+                    time.sleep(RETRY_INTERVAL)
+
+    def _unreachable(self) -> str:
+        if not os.path.exists(self.address):
+            why = "no such socket file"
+        elif not stat.S_ISSOCK(os.stat(self.address).st_mode):
+            why = "the path is not a socket"
+        else:
+            why = "nothing is listening there"
+        return (f"no mplog listener at address {self.address!r} ({why}); pass the address "
+                f"of a running pipeline (Pipeline.address, or ${'MPLOG_ADDRESS'})")
+
     def send(self, frame: bytes) -> bool:
-        """Write *frame* to the listener. Return False if it had to be written to stderr."""
+        """Write *frame* to the listener. Return False if it had to be written to stderr.
+
+        Re-entrant calls (a signal handler that logs while this thread is inside send)
+        queue their frame; the outer call writes it right after its own, whole."""
         if self._pid != os.getpid():  # forked by something that bypassed at-fork hooks
             self._reset_after_fork()
         with self._lock:
-            while True:
-                sock = self._sock
-                if sock is None:
-                    sock = self._sock = self._connect()
-                if sock is not None:
-                    try:
-                        sock.sendall(frame)
-                    except OSError:
-                        # The listener died or was restarted. A partial frame on the old
-                        # connection is discarded there; the whole frame goes again on the
-                        # next connection, so it is neither lost nor duplicated.
-                        self._sock = None
-                        sock.close()
-                    else:
-                        self._outage_deadline = None
-                        return True
-                now = time.monotonic()
-                if self._outage_deadline is None:
-                    self._outage_deadline = now + self.outage_budget
-                if now >= self._outage_deadline:
-                    self._lose(frame, now)
-                    return False
-                time.sleep(min(RETRY_INTERVAL, self._outage_deadline - now))
+            if self._depth:
+                self._pending.append(frame)
+                return True
+            self._depth = 1
+            try:
+                ok = self._send_locked(frame)
+                while True:
+                    while self._pending:
+                        self._send_locked(self._pending.popleft())
+                    self._depth = 0
+                    if not self._pending:  # nothing queued after the last check
+                        break
+                    self._depth = 1
+            finally:
+                self._depth = 0
+            return ok
+
+    def _send_locked(self, frame: bytes) -> bool:
+        while True:
+            sock = self._sock
+            if sock is None:
+                sock = self._sock = self._connect()
+            if sock is not None:
+                try:
+                    sock.sendall(frame)
+                except OSError:
+                    # The listener died or was restarted. A partial frame on the old
+                    # connection is discarded there; the whole frame goes again on the
+                    # next connection, so it is neither lost nor duplicated.
+                    self._sock = None
+                    sock.close()
+                else:
+                    self._outage_deadline = None
+                    return True
+            now = time.monotonic()
+            if self._outage_deadline is None:
+                self._outage_deadline = now + self.outage_budget
+            if now >= self._outage_deadline:
+                self._lose(frame, now)
+                return False
+            time.sleep(min(RETRY_INTERVAL, self._outage_deadline - now))
 
     def _lose(self, frame: bytes, now: float) -> None:
         wall = time.time()
@@ -434,6 +487,11 @@ class IntakeServer:
             self._close_conn(sock)  # the asker is gone; nothing to answer
 
     def _control(self, sock: socket.socket, msg: dict[str, Any]) -> None:
+        try:
+            check_control(msg)
+        except RemoteProtocolError as exc:
+            self._bad(sock, exc)
+            return
         op = msg.get("op")
         if op == "stats":
             self._reply(sock, {"stats": self.stats()})
@@ -442,25 +500,24 @@ class IntakeServer:
             for h in self.handlers:
                 if h not in self.socket_handlers:
                     h.flush()
-            timeout = float(msg.get("timeout", 5.0))
+            timeout = msg.get("timeout", 5.0)
             marks = [h.flush_mark() for h in self.socket_handlers]
             self._flushes.append((sock, time.monotonic() + timeout, marks))
             self._check_flushes()
         elif op == "stop":
             self._stop_reply = sock
             self._stop_reason = "stop requested"
-            self._close_timeout = float(msg.get("timeout", 5.0))
+            self._close_timeout = msg.get("timeout", 5.0)
         elif op == "lost":
             self._worker_lost(msg)
-        else:
-            self._reply(sock, {"error": f"unknown control op {op!r}"})
+        else:  # check_control lets only known ops through
+            raise AssertionError(f"unchecked control op {op!r}")
 
     def _worker_lost(self, msg: dict[str, Any]) -> None:
-        count = int(msg.get("count", 0))
+        count = msg["count"]
         self.worker_lost += count
-        pid = msg.get("pid")
-        first = time.strftime("%H:%M:%S", time.localtime(float(msg.get("first", 0))))
-        last = time.strftime("%H:%M:%S", time.localtime(float(msg.get("last", 0))))
+        pid = msg["pid"]
+        first, last = iso_local(msg["first"]), iso_local(msg["last"])
         record = logging.LogRecord(
             "mplog", logging.WARNING, __file__, 0,
             "mplog: process %s could not reach the listener and wrote %d records to its "
@@ -501,6 +558,9 @@ class IntakeServer:
             "spooled": 0,
             "spool_bytes": 0,
             "spool_damaged": 0,
+            "too_large": 0,
+            "sender_restarts": 0,
+            "poisoned": 0,
             "worker_lost": self.worker_lost,
             "torn_frames": self.torn_frames,
             "bad_frames": self.bad_frames,
@@ -508,9 +568,15 @@ class IntakeServer:
             "connections": len(self.conns),
             "pid": os.getpid(),
         }
+        last: tuple[float, str] | None = None
         for h in self.socket_handlers:
             for k, v in h.stats().items():
-                out[k] += v
+                out[k] = out.get(k, 0) + v
+            error, at = h.last_error()
+            if error is not None and at is not None and (last is None or at > last[0]):
+                last = (at, error)
+        out["last_error"] = last[1] if last else None
+        out["last_error_at"] = last[0] if last else None
         p = psutil.Process()
         with p.oneshot():
             out["listener_rss"] = p.memory_info().rss

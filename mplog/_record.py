@@ -29,12 +29,14 @@ from json.encoder import (  # type: ignore[attr-defined]
 )
 from typing import Any
 
-from ._errors import ProtocolError
+from ._errors import ProtocolError, RemoteProtocolError
 from ._framing import HEADER
+from ._limits import INTAKE_RECORD, fit
 from ._text import safe_repr
 
 __all__ = [
     "FIELDS",
+    "check_control",
     "STANDARD_ATTRS",
     "TIME_FIELDS",
     "decode_control",
@@ -74,6 +76,7 @@ FIELDS: tuple[str, ...] = (
     "taskName",
 )
 _NFIELDS = len(FIELDS)
+_FIELD_SET = frozenset(FIELDS)
 
 #: Attributes every ``LogRecord`` has (plus the ones formatters add); anything else in a
 #: record's ``__dict__`` came from ``extra=`` or a filter and travels as an extra.
@@ -211,7 +214,30 @@ def encode(record: logging.LogRecord) -> bytes:
         # Slow path, taken only for records carrying something JSON cannot hold.
         text = _encode_json(_sanitized(_fields(record, msg)))
     body = b"R" + times + text.encode("ascii")
+    if len(body) > INTAKE_RECORD:
+        body = _cut_to_intake(record, msg, times)
     return HEADER.pack(len(body)) + body
+
+
+def _cut_to_intake(record: logging.LogRecord, msg: str, times: bytes) -> bytes:
+    """The body of a record too large for the intake, cut by :func:`mplog._limits.fit`
+    at this, the first hop (the worker), so no later hop ever sees it whole."""
+    fields = _sanitized(_fields(record, msg))
+    flat = dict(zip(FIELDS, fields, strict=False))
+    flat.update(fields[_NFIELDS] or {})
+
+    def body_of(d: dict[str, Any]) -> bytes:
+        extras = {k: v for k, v in d.items() if k not in _FIELD_SET}
+        text = _encode_json([*(d[f] for f in FIELDS), extras or None])
+        return b"R" + times + text.encode("ascii")
+
+    body = fit(flat, body_of, INTAKE_RECORD, _FIELD_SET)
+    if body is None:  # only the fixed fields left, and still too large: a pathname of MiBs
+        flat = {f: flat[f] if f in ("levelno", "lineno", "process", "thread") else
+                (str(flat[f])[:1024] if flat[f] is not None else None) for f in FIELDS}
+        flat["mplog_extras_cut"] = -1
+        body = body_of(flat)
+    return body
 
 
 def encode_control(message: dict[str, Any]) -> bytes:
@@ -233,12 +259,12 @@ def _to_dict(times: tuple[float, float, float], fields: Any) -> dict[str, Any]:
         or not isinstance(fields[1], int)
         or not isinstance(fields[12], str)
     ):
-        raise ProtocolError("intake record does not have the expected fields")
+        raise RemoteProtocolError("intake record does not have the expected fields")
     extras = fields[_NFIELDS]
     d = dict(zip(FIELDS, fields, strict=False))  # the extras follow the fields
     if extras is not None:
         if not isinstance(extras, dict):
-            raise ProtocolError("intake record extras are not an object")
+            raise RemoteProtocolError("intake record extras are not an object")
         for k, v in extras.items():
             d.setdefault(k, v)  # an extra never overrides a standard attribute
     d["created"], d["msecs"], d["relativeCreated"] = times
@@ -256,11 +282,11 @@ def decode_record(body: bytes) -> dict[str, Any]:
     Raises :class:`ProtocolError` for anything that is not a well-formed record.
     """
     if body[:1] != b"R" or len(body) < _PREFIX + 2:
-        raise ProtocolError("intake frame is not a record")
+        raise RemoteProtocolError("intake frame is not a record")
     try:
         fields = _decode_json(body[_PREFIX:].decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"intake record is not valid JSON: {exc}") from None
+        raise RemoteProtocolError(f"intake record is not valid JSON: {exc}") from None
     return _to_dict(_TIMES.unpack_from(body, 1), fields)
 
 
@@ -283,9 +309,9 @@ def decode_records(bodies: list[bytes]) -> tuple[list[dict[str, Any]], ProtocolE
             try:
                 out.append(decode_record(body))
             except (ProtocolError, struct.error) as exc:
-                err = exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc))
+                err = exc if isinstance(exc, ProtocolError) else RemoteProtocolError(str(exc))
                 return out, err
-        return out, ProtocolError("batch decoding failed")  # pragma: no cover - defensive
+        return out, RemoteProtocolError("batch decoding failed")  # pragma: no cover - defensive
 
 
 def decode_control(body: bytes) -> dict[str, Any]:
@@ -293,10 +319,51 @@ def decode_control(body: bytes) -> dict[str, Any]:
     try:
         value = _decode_json(body.decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"intake control frame is not valid JSON: {exc}") from None
+        raise RemoteProtocolError(f"intake control frame is not valid JSON: {exc}") from None
     if not isinstance(value, dict) or not isinstance(value.get("op"), str):
-        raise ProtocolError("intake control frame is not an object with an 'op'")
+        raise RemoteProtocolError("intake control frame is not an object with an 'op'")
     return value
+
+
+#: Longest timeout a control request may ask for (an hour): anything longer is a typo or
+#: an attack that would pin the listener's flush bookkeeping.
+MAX_CONTROL_TIMEOUT = 3600.0
+#: The control operations and, for each, its fields and their checks. A control frame is
+#: validated like a data frame before anything acts on it.
+_CONTROL_FIELDS: dict[str, dict[str, str]] = {
+    "stats": {},
+    "flush": {"timeout": "timeout"},
+    "stop": {"timeout": "timeout"},
+    "lost": {"count": "count", "first": "time", "last": "time", "pid": "count"},
+}
+
+
+def _check_field(op: str, key: str, kind: str, value: object) -> None:
+    if isinstance(value, bool):
+        ok = False
+    elif kind == "count":
+        ok = isinstance(value, int) and 0 <= value < 1 << 63
+    elif kind == "timeout":
+        ok = isinstance(value, int | float) and 0 <= value <= MAX_CONTROL_TIMEOUT
+    else:  # a wall-clock time: finite, between 1970 and 10000
+        ok = isinstance(value, int | float) and 0 <= value < 253402300800
+    if not ok:
+        raise RemoteProtocolError(f"control {op!r}: bad {key!r}: {safe_repr(value)[:80]}")
+
+
+def check_control(message: dict[str, Any]) -> None:
+    """Raise :class:`RemoteProtocolError` unless *message* is a well-formed control
+    request: a known ``op``, the fields it needs (``lost``: all of them; ``flush`` and
+    ``stop``: an optional ``timeout``), each of the right type and range."""
+    op = message.get("op")
+    fields = _CONTROL_FIELDS.get(op) if isinstance(op, str) else None
+    if fields is None:
+        raise RemoteProtocolError(f"unknown control op {safe_repr(op)[:40]}")
+    for key, kind in fields.items():
+        if key in message:
+            _check_field(op, key, kind, message[key])  # type: ignore[arg-type]
+        elif op == "lost":
+            raise RemoteProtocolError(f"control {op!r} without {key!r}")
 
 
 def prepare_dict(record: logging.LogRecord) -> dict[str, Any]:

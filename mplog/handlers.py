@@ -15,6 +15,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,8 @@ from ._config import load_key
 from ._errors import ConfigError
 from ._framing import HEADER
 from ._intake import IntakeClient
-from ._record import encode, make_record, prepare_dict
+from ._limits import PICKLE_FRAME, fit
+from ._record import STANDARD_ATTRS, encode, make_record, prepare_dict
 from ._sender import Sender, drop_record
 from ._spool import SpooledBuffer
 from ._text import safe_repr
@@ -77,6 +79,8 @@ class QueueHandler(logging.handlers.QueueHandler):
     """
 
     queue: IntakeClient  # type: ignore[assignment]
+    #: True when ``prepare`` and ``enqueue`` are this class's own (see __init_subclass__).
+    _plain = True
 
     def __init__(self, *args: Any, address: str | None = None, level: int = logging.NOTSET) -> None:
         """``QueueHandler(address=None, level=NOTSET)``, positional or by keyword.
@@ -100,6 +104,7 @@ class QueueHandler(logging.handlers.QueueHandler):
         logging.Handler.__init__(self, level)
         self.address = resolve_address(address)
         self.queue = IntakeClient(self.address)
+        self.queue.check()  # ConfigError now, not a stall at the first log call
         self.listener = None
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
@@ -112,13 +117,25 @@ class QueueHandler(logging.handlers.QueueHandler):
         return make_record(prepare_dict(record))
 
     def enqueue(self, record: logging.LogRecord) -> None:
+        """Write *record* (as :meth:`prepare` made it) to the listener."""
         self.queue.send(encode(record))
 
     def emit(self, record: logging.LogRecord) -> None:
+        """``enqueue(prepare(record))``, as the stdlib does; when the class overrides
+        neither hook, the same in one step (the encoder reads *record* without copying)."""
         try:
-            self.queue.send(encode(record))
+            if type(self)._plain:
+                self.queue.send(encode(record))
+            else:
+                self.enqueue(self.prepare(record))
         except Exception:
             self.handleError(record)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Decided once per class, not per record: the fast path is only for classes that
+        # keep both hooks of the stdlib chain as they are here.
+        cls._plain = cls.prepare is QueueHandler.prepare and cls.enqueue is QueueHandler.enqueue
 
     def handle(self, record: logging.LogRecord) -> Any:
         # No handler lock: the intake connection has its own, held only for the write.
@@ -157,9 +174,12 @@ class QueueListener(logging.handlers.QueueListener):
             super().stop()
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """The stdlib hook: records arrive already prepared by the worker's QueueHandler."""
         return record
 
     def handle(self, record: logging.LogRecord) -> None:
+        """Pass ``prepare(record)`` to every handler (respecting handler levels)."""
+        record = self.prepare(record)
         respect = self.respect_handler_level
         for handler in self.handlers:
             if not respect or record.levelno >= handler.level:
@@ -173,14 +193,21 @@ class QueueListener(logging.handlers.QueueListener):
         batch at once, straight from the dicts; every other handler gets a ``LogRecord``
         per record through ``handle()``, as with the stdlib listener.
         """
+        cls = type(self)
+        if cls.handle is not QueueListener.handle:  # a user's override: the stdlib chain
+            for d in batch:
+                self.handle(make_record(d))
+            return
         fast = [h for h in self.handlers if isinstance(h, SocketHandler) and h._batchable()]
+        if cls.prepare is not QueueListener.prepare:
+            fast = []
         slow = [h for h in self.handlers if h not in fast]
         for fh in fast:
             fh._emit_dicts(batch, self.respect_handler_level)
         if slow:
             respect = self.respect_handler_level
             for d in batch:
-                record = make_record(d)
+                record = self.prepare(make_record(d))
                 for handler in slow:
                     if not respect or record.levelno >= handler.level:
                         try:
@@ -241,6 +268,9 @@ class SocketHandler(logging.handlers.SocketHandler):
         **wire_options: Any,
     ) -> None:
         self._wire = make_wire(wire, _resolve_files(wire, wire_options))
+        #: The largest frame (or buffered payload) this wire may carry: bigger records
+        #: are cut to fit, or dropped and counted (``mplog._limits``).
+        self._limit: int = getattr(self._wire, "max_payload", PICKLE_FRAME)
         if port is not None and not isinstance(port, int):
             raise ConfigError(f"port must be an int or None, got {port!r}")
         if overflow not in OVERFLOW_POLICIES:
@@ -249,6 +279,11 @@ class SocketHandler(logging.handlers.SocketHandler):
             )
         super().__init__(host, port)
         self.wire = wire
+        #: Records larger than the wire carries (cut to fit, or dropped and counted).
+        self.too_large = 0
+        # Encoding and buffering happen in one step under this lock, so records enter
+        # the buffer in the order a numbering wire (``wire="mplog"``) numbered them.
+        self._order = threading.Lock()
         self.jitter = jitter
         self.close_timeout = close_timeout
         self._options = {
@@ -279,7 +314,7 @@ class SocketHandler(logging.handlers.SocketHandler):
             buffer,
             self._connect,
             self._backoff,
-            self._drop_frame,
+            self._drop_payload,
             block_timeout=block_timeout,
             acked=self._wire if hasattr(self._wire, "new_session") else None,  # type: ignore[arg-type]
         )
@@ -298,18 +333,49 @@ class SocketHandler(logging.handlers.SocketHandler):
     def _connect(self) -> socket.socket:
         return self.makeSocket()
 
-    def _drop_frame(self, report: DropReport) -> bytes:
+    def _drop_payload(self, report: DropReport, head: bytes | None) -> bytes | None:
         record = drop_record(report, self._sender.name, self._sender.buffer.overflow)
-        if self._wire is None:
+        wire = self._wire
+        if wire is None:
             return self.makePickle(record)
-        return self._wire.encode(prepare_dict(record))
+        placed = getattr(wire, "report_payload", None)
+        if placed is not None:
+            # A wire that numbers records numbers the report to fit before *head*.
+            return placed(prepare_dict(record), head)  # type: ignore[no-any-return]
+        return wire.encode(prepare_dict(record))
 
-    def _encode(self, record: logging.LogRecord) -> bytes:
+    def _fit(self, d: dict[str, Any], encode: Any) -> bytes | None:
+        """*d* encoded in at most ``self._limit`` bytes (cut if needed), else None after
+        counting it as dropped with the reason in ``last_error``."""
+        frame: bytes = encode(d)
+        if len(frame) <= self._limit:
+            return frame
+        self.too_large += 1
+        cut = fit(d, encode, self._limit, STANDARD_ATTRS)
+        if cut is None:
+            self._sender.count_drop(
+                f"a record of {len(frame)} bytes does not fit wire={self.wire!r} "
+                f"(limit {self._limit}) even cut down, and was dropped"
+            )
+        return cut
+
+    def _encode_dict(self, d: dict[str, Any]) -> bytes:
         if self._wire is None:
-            return self.makePickle(record)
+            s = pickle.dumps(d, 1)
+            return HEADER.pack(len(s)) + s
+        return self._wire.encode(d)
+
+    def _encode(self, record: logging.LogRecord) -> bytes | None:
+        if self._wire is None:
+            frame = self.makePickle(record)
+            if len(frame) - 4 <= self._limit:
+                return frame
+            return self._fit(_pickle_dict(record), self._encode_dict)
         if record.args is None and record.exc_info is None:
-            return self._wire.encode(record.__dict__)  # already prepared by the pipeline
-        return self._wire.encode(prepare_dict(record))
+            d = record.__dict__  # already prepared by the pipeline
+        else:
+            d = prepare_dict(record)
+        return self._fit(d, self._wire.encode)
 
     def start(self) -> None:
         """Open the spool, if any, and start the sender thread (idempotent).
@@ -328,42 +394,53 @@ class SocketHandler(logging.handlers.SocketHandler):
         self._sender.start()
 
     def _batchable(self) -> bool:
-        cls = type(self)
-        return (
-            not self.filters
-            and cls.makePickle is SocketHandler.makePickle
-            and cls.emit is SocketHandler.emit
-            and cls.handle is SocketHandler.handle
+        return not self.filters and type(self)._plain
+
+    #: True when the class keeps the stdlib hooks (``emit``, ``handle``, ``makePickle``,
+    #: ``send``) as they are here; decided once per class by __init_subclass__.
+    _plain = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._plain = all(
+            getattr(cls, name) is getattr(SocketHandler, name)
+            for name in ("emit", "handle", "makePickle", "send")
         )
 
     def _emit_dicts(self, batch: list[dict[str, Any]], respect_level: bool) -> None:
         # The dicts are what makePickle would build from their records: msg merged,
         # args and exc_info None, exc_text set, no "message" key.
-        if self._sender._thread is None:
+        if not self._sender.started:
             self.start()  # before encoding: opening a spool may renumber the wire
         level = self.level if respect_level else logging.NOTSET
         dumps = pickle.dumps
         pack = HEADER.pack
+        limit = self._limit
         frames = []
         wire = self._wire
-        for d in batch:
-            if d["levelno"] >= level:
-                if wire is None:
-                    s = dumps(d, 1)
-                    frames.append(pack(len(s)) + s)
-                else:
-                    frames.append(wire.encode(d))
-        self._sender.submit_many(frames)
+        with self._order:
+            for d in batch:
+                if d["levelno"] >= level:
+                    if wire is None:
+                        s = dumps(d, 1)
+                        frame: bytes | None = pack(len(s)) + s
+                        if len(s) > limit:
+                            frame = self._fit(d, self._encode_dict)
+                    else:
+                        frame = wire.encode(d)
+                        if len(frame) > limit:
+                            frame = self._fit(d, wire.encode)
+                    if frame is not None:
+                        frames.append(frame)
+            self._sender.submit_many(frames)
 
     def makePickle(self, record: logging.LogRecord) -> bytes:
-        """The stdlib wire format, without modifying *record*."""
-        d = dict(record.__dict__)
-        if record.exc_info and not record.exc_text:
-            d["exc_text"] = logging.Formatter().formatException(record.exc_info)
-        d["msg"] = record.getMessage()
-        d["args"] = None
-        d["exc_info"] = None
-        d.pop("message", None)
+        """The bytes of one frame for *record* on this handler's wire (for the default
+        wire, the stdlib format), without modifying *record*. Overriding it (the stdlib
+        hook) changes what every record becomes; ``send`` then buffers the result."""
+        if self._wire is not None:
+            return self._encode(record) or b""
+        d = _pickle_dict(record)
         try:
             s = pickle.dumps(d, 1)
         except Exception:  # an unpicklable extra: ship its repr instead of losing the record
@@ -371,7 +448,7 @@ class SocketHandler(logging.handlers.SocketHandler):
         return HEADER.pack(len(s)) + s
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self._sender._thread is None:
+        if not self._sender.started:
             try:
                 self.start()  # before encoding: opening a spool may renumber the wire
             except ConfigError:
@@ -380,12 +457,16 @@ class SocketHandler(logging.handlers.SocketHandler):
                 self._sender.buffer.drop(time.time())
                 self.handleError(record)
                 return
-        try:
-            frame = self._encode(record)
-        except Exception:
-            self.handleError(record)
-            return
-        self._sender.submit(frame)
+        with self._order:
+            try:
+                if type(self)._plain:
+                    frame = self._encode(record)
+                    if frame is not None:
+                        self._sender.submit(frame)
+                else:  # the stdlib chain, for a subclass that overrides a hook
+                    self.send(self.makePickle(record))
+            except Exception:
+                self.handleError(record)
 
     def handle(self, record: logging.LogRecord) -> Any:
         # No handler lock: the sender's buffer has its own.
@@ -393,11 +474,12 @@ class SocketHandler(logging.handlers.SocketHandler):
 
     def send(self, s: ReadableBuffer) -> None:
         """Queue already-framed bytes *s* for sending (stdlib hook; never drops)."""
-        self._sender.submit(bytes(s))
+        if s:
+            self._sender.submit(bytes(s))
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything buffered was written (at most *timeout*, default 5 s)."""
-        if self._sender._thread is not None:
+        if self._sender.started:
             self._sender.wait_idle(self.close_timeout if timeout is None else timeout)
 
     def close(self) -> None:
@@ -441,8 +523,16 @@ class SocketHandler(logging.handlers.SocketHandler):
                 "reconnects": s.reconnects,
                 "connected": int(s.connected),
                 "drop_reports": s.reports_sent,
+                "too_large": self.too_large,
+                "sender_restarts": s.thread_restarts,
+                "poisoned": s.poisoned,
                 **s.buffer.spool_stats(),
             }
+
+    def last_error(self) -> tuple[str | None, float | None]:
+        """The latest delivery error (one line) and its wall-clock time, or (None, None)."""
+        s = self._sender
+        return s.last_error, s.last_error_at
 
 
 def _resolve_files(wire: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -453,6 +543,18 @@ def _resolve_files(wire: str, options: dict[str, Any]) -> dict[str, Any]:
     out = dict(options)
     out["hmac_key"] = load_key(out.pop("hmac_key", None), out.pop("hmac_key_file", None))
     return out
+
+
+def _pickle_dict(record: logging.LogRecord) -> dict[str, Any]:
+    """What the stdlib ``makePickle`` pickles, without modifying *record*."""
+    d = dict(record.__dict__)
+    if record.exc_info and not record.exc_text:
+        d["exc_text"] = logging.Formatter().formatException(record.exc_info)
+    d["msg"] = record.getMessage()
+    d["args"] = None
+    d["exc_info"] = None
+    d.pop("message", None)
+    return d
 
 
 def _picklable(value: object) -> object:

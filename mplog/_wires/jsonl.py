@@ -38,6 +38,7 @@ from json.encoder import (  # type: ignore[attr-defined]
 from typing import Any
 
 from .._errors import ConfigError
+from .._limits import JSONL_LINE
 from .._record import STANDARD_ATTRS
 from .._text import Timestamps, safe_repr, valid_unicode
 
@@ -140,6 +141,8 @@ class JsonlWire:
         if not callable(gethostname):
             raise ConfigError("gethostname must be callable")
         self.tz = tz
+        #: One line at most this long (``mplog._limits.JSONL_LINE``); longer records are cut.
+        self.max_payload = JSONL_LINE
         self._hostname = hostname
         self._gethostname = gethostname
         self._timestamp = Timestamps(tz)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError, ProtocolError
+from .._limits import MPLOG_PAYLOAD
 
 __all__ = [
     "MAGIC",
@@ -331,7 +332,12 @@ class MplogWire:
             ClientSession(self.sender_id, None, window)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        self._seq = itertools.count(1)
+        # Even numbers only: a drop report is numbered head - 1, to travel just before
+        # the oldest record still unacknowledged (see report_payload).
+        self._seq = itertools.count(2, 2)
+
+    #: The largest buffered payload (seq || JSON) this wire carries (mplog._limits).
+    max_payload = MPLOG_PAYLOAD
 
     def resume(self, sender_id: str, epoch: int) -> None:
         """Continue a spool's numbering: its persistent *sender_id*, and sequence numbers
@@ -340,10 +346,20 @@ class MplogWire:
         if not 1 <= epoch < 1 << 23:
             raise ConfigError(f"spool epoch {epoch} out of range; remove the spool's epoch file")
         self.sender_id = sender_id
-        self._seq = itertools.count((epoch << 40) + 1)
+        self._seq = itertools.count((epoch << 40) + 2, 2)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         return record_payload(next(self._seq), record)
+
+    def report_payload(self, record: Mapping[str, Any], head: bytes | None) -> bytes | None:
+        """The payload of a drop report to be sent just before the buffered payload
+        *head*: numbered one below it (records are even, so the number is free), so it
+        neither overtakes older records nor is refused as out of order. None (send it
+        later) when nothing is buffered: there is no number yet that fits."""
+        if head is None or len(head) < _SEQ.size:
+            return None
+        (seq,) = _SEQ.unpack_from(head)
+        return record_payload(seq - 1, record)
 
     def new_session(self) -> ClientSession:
         return ClientSession(self.sender_id, self.key, self.window)

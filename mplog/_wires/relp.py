@@ -23,13 +23,14 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import ConfigError, ProtocolError
+from .._errors import ConfigError, LocalProtocolError, RefusedError, RemoteProtocolError
+from .._limits import RELP_DATA
 from .syslog import SyslogWire
 
 __all__ = ["MAX_DATA", "RelpSession", "RelpWire"]
 
-#: Largest DATA we accept in a server frame, and the librelp default maximum (128 KiB).
-MAX_DATA = 128 * 1024
+#: Largest DATA we accept in a server frame: the librelp default maximum (mplog._limits).
+MAX_DATA = RELP_DATA
 #: TXNR wraps after this (librelp ``relp.h``).
 MAX_TXNR = 999_999_999
 _OFFERS = b"relp_version=0\nrelp_software=mplog,1,-\ncommands=syslog"
@@ -69,14 +70,14 @@ class RelpSession:
 
     def open_frame(self) -> bytes:
         if self._txnr:
-            raise ProtocolError("RELP session already opened (local error)")
+            raise LocalProtocolError("RELP session already opened")
         frame = self._frame(b"open", _OFFERS)
         self._open_txnr = self._txnr
         return frame
 
     def syslog_frame(self, message: bytes) -> bytes:
         if not self.ready:
-            raise ProtocolError("RELP session not open yet (local error)")
+            raise LocalProtocolError("RELP session not open yet")
         frame = self._frame(b"syslog", message)
         self._pending.append(self._txnr)
         return frame
@@ -90,10 +91,10 @@ class RelpSession:
         """Feed server bytes; return how many syslog commands are newly acknowledged.
 
         ``receive(b"")`` means the server closed the connection. Raises
-        :class:`ProtocolError` when the server ends or breaks the session.
+        :class:`RemoteProtocolError` when the server ends or breaks the session.
         """
         if not data:
-            raise ProtocolError("RELP server closed the connection")
+            raise RemoteProtocolError("RELP server closed the connection")
         buf = self._buf
         buf += data
         acked = 0
@@ -104,23 +105,23 @@ class RelpSession:
             txnr, command, payload = frame
             if command == b"serverclose":
                 self.closed = True
-                raise ProtocolError("RELP server closed the session (serverclose)")
+                raise RemoteProtocolError("RELP server closed the session (serverclose)")
             if command != b"rsp":
-                raise ProtocolError(f"RELP server sent unexpected command {command!r}")
+                raise RemoteProtocolError(f"RELP server sent unexpected command {command!r}")
             if txnr == self._open_txnr and not self.ready:
                 if not payload.startswith(b"200"):
-                    raise ProtocolError(f"RELP open refused: {payload[:200]!r}")
+                    raise RefusedError(f"RELP open refused: {payload[:200]!r}")
                 if b"relp_version" not in payload:
-                    raise ProtocolError("RELP open response without relp_version")
+                    raise RemoteProtocolError("RELP open response without relp_version")
                 self.ready = True
                 continue
             if txnr == self._close_txnr:
                 self.closed = True
                 continue
             if not self._pending or txnr != self._pending[0]:
-                raise ProtocolError(f"RELP rsp for unexpected txnr {txnr}")
+                raise RemoteProtocolError(f"RELP rsp for unexpected txnr {txnr}")
             if not payload.startswith(b"200"):
-                raise ProtocolError(f"RELP server refused a message: {payload[:200]!r}")
+                raise RefusedError(f"RELP server refused a message: {payload[:200]!r}")
             self._pending.popleft()
             acked += 1
 
@@ -129,43 +130,43 @@ class RelpSession:
         a = buf.find(b" ")
         if a < 0:
             if len(buf) > _MAX_HEADER:
-                raise ProtocolError("RELP frame header too long")
+                raise RemoteProtocolError("RELP frame header too long")
             return None
         b = buf.find(b" ", a + 1)
         # DATALEN ends at SP (data follows) or LF (DATALEN 0, no data).
         if b < 0:
             if len(buf) > _MAX_HEADER:
-                raise ProtocolError("RELP frame header too long")
+                raise RemoteProtocolError("RELP frame header too long")
             return None
         j = b + 1
         while j < len(buf) and 48 <= buf[j] <= 57:
             j += 1
         if j >= len(buf):
             if j - b > 10:
-                raise ProtocolError("RELP DATALEN too long")
+                raise RemoteProtocolError("RELP DATALEN too long")
             return None
         try:
             txnr = int(buf[:a])
             command = bytes(buf[a + 1 : b])
             n = int(buf[b + 1 : j])
         except ValueError:
-            raise ProtocolError("RELP frame header malformed") from None
+            raise RemoteProtocolError("RELP frame header malformed") from None
         if n > MAX_DATA or not command.isalpha():
-            raise ProtocolError("RELP frame header malformed or too large")
+            raise RemoteProtocolError("RELP frame header malformed or too large")
         if n == 0:
             end = j + 1
             payload = b""
             if buf[j] != 10:
-                raise ProtocolError("RELP frame without LF trailer")
+                raise RemoteProtocolError("RELP frame without LF trailer")
         else:
             if buf[j] != 32:
-                raise ProtocolError("RELP frame: expected SP after DATALEN")
+                raise RemoteProtocolError("RELP frame: expected SP after DATALEN")
             end = j + 2 + n
             if len(buf) < end:
                 return None
             payload = bytes(buf[j + 1 : j + 1 + n])
             if buf[end - 1] != 10:
-                raise ProtocolError("RELP frame without LF trailer")
+                raise RemoteProtocolError("RELP frame without LF trailer")
         del buf[:end]
         return txnr, command, payload
 
@@ -206,6 +207,12 @@ class RelpWire:
             raise ConfigError("wire='relp' frames messages itself: drop the framing option")
         self.window = window
         self._syslog = SyslogWire(**syslog_options)
+        if self._syslog.max_length > RELP_DATA - 64:
+            raise ConfigError(
+                f"max_length {self._syslog.max_length} is too large for RELP: a receiver "
+                f"takes at most {RELP_DATA} bytes of data per command (librelp's default)"
+            )
+        self.max_payload = RELP_DATA
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         return self._syslog.message(record)

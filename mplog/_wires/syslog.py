@@ -232,6 +232,9 @@ class SyslogWire:
         self.app_name = app_name
         self.framing = framing
         self.max_length = max_length
+        #: The wire cuts every message to max_length itself; the frame adds the
+        #: octet count and a space (or a LF), so nothing it makes is ever larger.
+        self.max_payload = max_length + 16
         self.sd_id = sd_id
         self.bom = bom
         self.tz = tz

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import pathlib
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -28,27 +30,48 @@ def root() -> Iterator[logging.Logger]:
             h.close()
 
 
+@pytest.fixture
+def socks(tmp_path: pathlib.Path) -> Iterator[dict[str, str]]:
+    """Listening Unix sockets named a, b, c: a QueueHandler checks its address at once."""
+    out, held = {}, []
+    for name in ("a", "b", "c", "env", "explicit", "x"):
+        path = str(tmp_path / f"{name}.sock")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(16)
+        held.append(s)
+        out[name] = path
+    yield out
+    for s in held:
+        s.close()
+
+
+def test_an_address_with_no_listener_is_a_config_error(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(mplog.ConfigError, match=r"no mplog listener at address .*typo\.sock.*no such socket file"):
+        mplog.QueueHandler(str(tmp_path / "typo.sock"))
+
+
 def _config(spec: dict) -> dict:
     return {"version": 1, "disable_existing_loggers": False,
             "handlers": {"mplog": spec}, "root": {"handlers": ["mplog"], "level": "INFO"}}
 
 
 @pytest.mark.skipif(_DROPS_KWARGS, reason="this Python's dictConfig drops the handler's keys")
-def test_class_spelling(root: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(mplog.ENV_ADDRESS, "/run/from-env.sock")
+def test_class_spelling(root: logging.Logger, monkeypatch: pytest.MonkeyPatch, socks: dict[str, str]) -> None:
+    monkeypatch.setenv(mplog.ENV_ADDRESS, socks["env"])
     logging.config.dictConfig(_config({"class": "mplog.QueueHandler", "level": "WARNING"}))
     (h,) = root.handlers
     assert isinstance(h, mplog.QueueHandler)
-    assert h.address == "/run/from-env.sock" and h.level == logging.WARNING
-    logging.config.dictConfig(_config({"class": "mplog.QueueHandler", "address": "/run/explicit.sock"}))
+    assert h.address == socks["env"] and h.level == logging.WARNING
+    logging.config.dictConfig(_config({"class": "mplog.QueueHandler", "address": socks["explicit"]}))
     (h,) = root.handlers
-    assert h.address == "/run/explicit.sock"
+    assert h.address == socks["explicit"]
 
 
-def test_factory_spelling_works_everywhere(root: logging.Logger) -> None:
-    logging.config.dictConfig(_config({"()": "mplog.QueueHandler", "address": "/run/x.sock"}))
+def test_factory_spelling_works_everywhere(root: logging.Logger, socks: dict[str, str]) -> None:
+    logging.config.dictConfig(_config({"()": "mplog.QueueHandler", "address": socks["x"]}))
     (h,) = root.handlers
-    assert isinstance(h, mplog.QueueHandler) and h.address == "/run/x.sock"
+    assert isinstance(h, mplog.QueueHandler) and h.address == socks["x"]
 
 
 def test_no_address_anywhere_is_a_config_error(root: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,12 +82,19 @@ def test_no_address_anywhere_is_a_config_error(root: logging.Logger, monkeypatch
     assert mplog.ENV_ADDRESS in str(err.value.__cause__)
 
 
-def test_positional_and_keyword_forms() -> None:
-    assert mplog.QueueHandler("/a.sock").address == "/a.sock"
-    assert mplog.QueueHandler(address="/b.sock", level=logging.ERROR).level == logging.ERROR
-    assert mplog.QueueHandler("/c.sock", logging.INFO).level == logging.INFO
+def test_positional_and_keyword_forms(socks: dict[str, str]) -> None:
+    handlers = [
+        mplog.QueueHandler(socks["a"]),
+        mplog.QueueHandler(address=socks["b"], level=logging.ERROR),
+        mplog.QueueHandler(socks["c"], logging.INFO),
+    ]
+    assert handlers[0].address == socks["a"]
+    assert handlers[1].level == logging.ERROR
+    assert handlers[2].level == logging.INFO
+    for h in handlers:
+        h.close()
     with pytest.raises(TypeError, match="address twice"):
-        mplog.QueueHandler("/a.sock", address="/b.sock")
+        mplog.QueueHandler(socks["a"], address=socks["b"])
     with pytest.raises(mplog.ConfigError, match="str path"):
         mplog.QueueHandler(42)
 

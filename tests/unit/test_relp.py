@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mplog import ProtocolError
+from mplog._errors import LocalProtocolError, RemoteProtocolError
 from mplog._wires.relp import RelpSession
 
 OPEN_RSP = b"1 rsp 93 200 OK\nrelp_version=0\nrelp_software=librelp,1.11.0,http://librelp.adiscon.com\ncommands=syslog\n"
@@ -66,7 +67,7 @@ def test_out_of_order_rsp_is_an_error() -> None:
 
 
 def test_syslog_before_open_is_a_local_error() -> None:
-    with pytest.raises(ProtocolError, match="local error"):
+    with pytest.raises(LocalProtocolError):
         RelpSession().syslog_frame(b"x")
 
 

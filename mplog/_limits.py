@@ -54,8 +54,9 @@ PICKLE_FRAME = WIRE_FRAME
 JSONL_LINE = WIRE_FRAME
 #: RELP: librelp's default ``maxDataSize`` (128 KiB) bounds one command's DATA.
 RELP_DATA = 128 * 1024
-#: A spool record holds one buffered wire payload, so it takes the largest of them.
-SPOOL_RECORD = WIRE_FRAME
+#: A spool record holds one buffered wire payload, so it takes the largest of them: a
+#: stdlib-wire frame is buffered with its 4-byte length prefix.
+SPOOL_RECORD = WIRE_FRAME + 4
 #: What a worker writes for one record (the intake frame's body). A record whose encoding
 #: is larger is cut at the worker, the first hop, to this size. It is below WIRE_FRAME by
 #: a margin for what the wires add (keys, framing, MAC), so a record that fits the intake

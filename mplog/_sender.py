@@ -176,6 +176,7 @@ class Sender:
         self._probation = False
         self._sending = False
         self._crashes = 0
+        self._action = Action.WAIT
         #: Wall-clock time of the next connection attempt while backing off, else None.
         self.retry_time: float | None = None
         self.sent = 0
@@ -348,7 +349,12 @@ class Sender:
             self.thread_restarts += 1
             self._crashes += 1
             self._drop_connection_locked()
-            poisoned = self._crashes >= POISON_FAILURES and bool(self.buffer)
+            # Only a crash while sending can be the fault of a record (not one in connect).
+            poisoned = (
+                self._action in (Action.SEND, Action.AWAIT_ACKS)
+                and self._crashes >= POISON_FAILURES
+                and bool(self.buffer)
+            )
             if poisoned:
                 self.buffer.discard_head(time.time())
                 self.poisoned += 1
@@ -370,7 +376,7 @@ class Sender:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                action = self._next_locked()
+                action = self._action = self._next_locked()
             if action is Action.EXIT:
                 return
             if action is Action.CONNECT:

@@ -18,11 +18,13 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+from ._limits import SPOOL_RECORD
+
 __all__ = ["HEADER", "MAX_RECORD", "ScanResult", "encode_record", "scan"]
 
 HEADER = b"MPLSPOOL" + bytes([1]) + bytes(7)
-#: Largest payload a spool record may hold (the mplog wire's frame limit).
-MAX_RECORD = 1024 * 1024
+#: Largest payload a spool record may hold: the largest buffered wire payload.
+MAX_RECORD = SPOOL_RECORD
 _REC = struct.Struct(">LL")
 
 

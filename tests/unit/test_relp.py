@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mplog import ProtocolError
-from mplog._errors import LocalProtocolError, RemoteProtocolError
+from mplog._errors import LocalProtocolError
 from mplog._wires.relp import RelpSession
 
 OPEN_RSP = b"1 rsp 93 200 OK\nrelp_version=0\nrelp_software=librelp,1.11.0,http://librelp.adiscon.com\ncommands=syslog\n"

@@ -1,0 +1,429 @@
+"""The edges of issue 9 and 10, against real processes and receivers: an oversized record,
+a refusing receiver, a sender thread that dies, the stdlib hooks, drop reports on an
+acked wire, logging from a signal handler, silence, bad control messages."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import pathlib
+import queue
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+import mplog
+from mplog._record import encode_control
+from tests.helpers import ROOT, Receiver, Serve, env_with_root, wait_until
+from tests.receivers import LineReceiver, Rsyslog
+
+BIG = 2 * 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_big_between(log: logging.Logger, n_after: int = 20) -> None:
+    log.info("before")
+    log.info("HEAD" + "x" * BIG + "TAIL")
+    for i in range(n_after):
+        log.info("after %d", i)
+
+
+def _check_big(msgs: list[str], marker: str, n_after: int = 20) -> None:
+    assert msgs[0] == "before", msgs[:2]
+    big = msgs[1]
+    assert big.startswith("HEAD") and big.endswith("TAIL") and marker in big, big[:80]
+    assert len(big) < BIG
+    assert msgs[2:] == [f"after {i}" for i in range(n_after)]
+
+
+@pytest.mark.parametrize("wire", ["pickle", "mplog"])
+def test_2_mib_record_through_the_pipeline_is_cut_and_the_rest_arrive(tmp_path: pathlib.Path, start_pipeline, wire: str) -> None:
+    # Before: the intake took 16 MiB, the collector 1 MiB: the handler reconnected ~130
+    # times a second for ever, 0 records sent, every later record stuck behind it.
+    srv = Serve(tmp_path / "out.jsonl")
+    try:
+        p = start_pipeline([mplog.SocketHandler("127.0.0.1", srv.port, wire=wire)])
+        _log_big_between(logging.getLogger("edges.big"))
+        assert p.flush(30)
+        lines = wait_until(lambda: (ls := srv.lines()) and len(ls) >= 22 and ls, what="22 lines")
+        _check_big([r["msg"] for r in lines], "characters cut]")
+        st = p.stats()
+        assert st["sent"] == st["received"] == 22 and st["dropped"] == 0
+        assert st["reconnects"] == 0
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("wire", ["pickle", "mplog", "jsonl", "syslog", "relp"])
+def test_2_mib_record_on_a_standalone_handler_is_cut_on_every_wire(tmp_path: pathlib.Path, wire: str) -> None:
+    # A SocketHandler used on its own sees the record whole: the wire's own limit cuts it.
+    if wire in ("pickle", "mplog"):
+        rcv: Any = Serve(tmp_path / "out.jsonl")
+        port = rcv.port
+    elif wire == "jsonl":
+        rcv = LineReceiver(tmp_path).__enter__()
+        port = rcv.port
+    else:
+        rcv = Rsyslog(tmp_path, "imtcp" if wire == "syslog" else "imrelp")
+        port = rcv.port
+    h = mplog.SocketHandler("127.0.0.1", port, wire=wire)
+    log = logging.getLogger(f"edges.standalone.{wire}")
+    log.addHandler(h)
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    try:
+        _log_big_between(log)
+        h.flush(30)
+        assert h.stats()["sent"] == 22, h.stats()
+        if wire in ("pickle", "mplog"):
+            wait_until(lambda: len(rcv.lines()) >= 22, what="22 lines")
+            msgs = [r["msg"] for r in rcv.lines()]
+            _check_big(msgs, "characters cut]")
+            assert h.too_large == 1
+        elif wire == "jsonl":
+            rcv.wait_count(22, 30)
+            import json
+            msgs = [json.loads(x)["message"] for x in rcv.raw_lines()]
+            _check_big(msgs, "characters cut]")
+        else:
+            rcv.wait_count(22, 30)
+            msgs = [x["msg"].lstrip("\ufeff") for x in rcv.lines()]
+            assert msgs[0] == "before" and msgs[2:] == [f"after {i}" for i in range(20)]
+            assert msgs[1].startswith("HEAD") and "bytes cut]" in msgs[1] and len(msgs[1]) < 9000
+    finally:
+        log.removeHandler(h)
+        h.close()
+        if wire == "jsonl":
+            rcv.__exit__(None, None, None)
+        else:
+            rcv.stop()
+
+
+class _CountingHandler(mplog.SocketHandler):
+    """Counts connection attempts through the stdlib hook makeSocket."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.attempts = 0
+
+    def makeSocket(self, timeout: float = 1) -> socket.socket:
+        self.attempts += 1
+        return super().makeSocket(timeout)
+
+
+def test_a_refusing_receiver_is_retried_on_the_backoff_schedule(tmp_path: pathlib.Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # Before: a refusal (wrong HMAC key) reconnected at once: 17,000-20,000 reconnects in 15 s.
+    key = tmp_path / "key"
+    key.write_bytes(b"the collector's key")
+    srv = Serve(tmp_path / "out.jsonl", 0, "--hmac-key-file", str(key))
+    h = _CountingHandler("127.0.0.1", srv.port, wire="mplog", hmac_key=b"another key", jitter=0.0)
+    h.retryStart, h.retryFactor, h.retryMax = 0.2, 2.0, 30.0
+    log = logging.getLogger("edges.refused")
+    log.addHandler(h)
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    try:
+        for i in range(50):
+            log.info("r %d", i)
+        t0 = time.monotonic()
+        wait_until(lambda: h.attempts >= 4, 20, "4 attempts")  # at 0, 0.2, 0.6, 1.4 s
+        time.sleep(2.0)  # a deliberate observation window: a storm would show here
+        elapsed = time.monotonic() - t0
+        # 0, .2, .6, 1.4, 3.0, 6.2 ... : at most 6 attempts in the first ~4 s.
+        assert h.attempts <= 6, (h.attempts, elapsed)
+        st = h.stats()
+        assert st["sent"] == 0 and st["buffered"] == 50 and st["dropped"] == 0
+        error, at = h.last_error()
+        assert error is not None and "HMAC" in error and isinstance(at, float)
+    finally:
+        log.removeHandler(h)
+        h.close_timeout = 0.5
+        h.close()
+        srv.stop()
+    err = capfd.readouterr().err
+    assert err.count("mplog: cannot deliver to 127.0.0.1:") == 1, err
+    assert "50 records could not be delivered" in err
+
+
+class _CrashOnce(mplog.SocketHandler):
+    """makeSocket raises an error the sender does not expect, once (a bug stand-in)."""
+
+    crashed = False
+
+    def makeSocket(self, timeout: float = 1) -> socket.socket:
+        if not type(self).crashed:
+            type(self).crashed = True
+            raise RuntimeError("injected failure")
+        return super().makeSocket(timeout)
+
+
+def test_a_sender_thread_killed_by_an_unexpected_error_is_replaced(receiver: Receiver, capfd: pytest.CaptureFixture[str]) -> None:
+    # Before: the thread ended, nothing noticed; flush() waited out its timeout.
+    h = _CrashOnce("127.0.0.1", receiver.port)
+    h.retryStart = 0.1
+    log = logging.getLogger("edges.crash")
+    log.addHandler(h)
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    try:
+        first = h._sender._thread
+        for i in range(100):
+            log.info("c %d", i)
+        receiver.wait_records(100)
+        st = h.stats()
+        assert st["sender_restarts"] == 1 and st["sent"] == 100 and st["dropped"] == 0
+        assert h._sender._thread is not first and h._sender._thread.is_alive()
+        error, _ = h.last_error()
+        assert error is not None and "RuntimeError: injected failure" in error
+    finally:
+        log.removeHandler(h)
+        h.close()
+    assert "sender thread failed: RuntimeError: injected failure" in capfd.readouterr().err
+
+
+class _PoisonSocket(socket.socket):
+    def send(self, data: Any, flags: int = 0) -> int:
+        if b"POISON" in bytes(data):
+            raise RuntimeError("this record kills the sender")
+        return super().send(data, flags)
+
+
+class _PoisonHandler(mplog.SocketHandler):
+    def makeSocket(self, timeout: float = 1) -> socket.socket:
+        s = _PoisonSocket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect((self.host, self.port))
+        return s
+
+
+def test_a_record_that_keeps_killing_the_sender_is_dropped_and_counted(receiver: Receiver) -> None:
+    h = _PoisonHandler("127.0.0.1", receiver.port)
+    h.retryStart = 0.05
+    log = logging.getLogger("edges.poison")
+    log.addHandler(h)
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    try:
+        log.info("ok before")
+        receiver.wait_records(1)
+        log.info("POISON")
+        for i in range(10):
+            log.info("ok %d", i)
+        recs = receiver.wait_records(12)
+        assert [r["msg"] for r in recs if r["name"] != "mplog"] == ["ok before"] + [f"ok {i}" for i in range(10)]
+        (report,) = [r for r in recs if r["name"] == "mplog"]
+        assert report["mplog_dropped"] == 1
+        st = h.stats()
+        assert st["poisoned"] == 1 and st["dropped"] == 1 and st["sender_restarts"] == 2
+    finally:
+        log.removeHandler(h)
+        h.close()
+
+
+# -- the stdlib hook chain ------------------------------------------------------------------
+
+
+class _PrepareAdds(mplog.QueueHandler):
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        rec = super().prepare(record)
+        rec.added_by_prepare = "yes"
+        return rec
+
+
+class _EnqueueTags(mplog.QueueHandler):
+    def enqueue(self, record: logging.LogRecord) -> None:
+        record.msg = f"[tagged] {record.msg}"
+        super().enqueue(record)
+
+
+@pytest.mark.parametrize("cls", [_PrepareAdds, _EnqueueTags])
+def test_queue_handler_hook_overrides_take_effect(receiver: Receiver, start_pipeline, cls: type) -> None:
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)], install=False)
+    h = cls(p.address)
+    log = logging.getLogger(f"edges.hook.{cls.__name__}")
+    log.addHandler(h)
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    try:
+        log.info("hello %s", "world")
+        assert p.flush(20)
+        (rec,) = receiver.wait_records(1)
+    finally:
+        log.removeHandler(h)
+        h.close()
+    if cls is _PrepareAdds:
+        assert rec["added_by_prepare"] == "yes" and rec["msg"] == "hello world"
+    else:
+        assert rec["msg"] == "[tagged] hello world"
+
+
+class _MakePickleRenames(mplog.SocketHandler):
+    def makePickle(self, record: logging.LogRecord) -> bytes:
+        record = logging.makeLogRecord(dict(record.__dict__, name="renamed.by.makePickle"))
+        return super().makePickle(record)
+
+
+class _SendTwice(mplog.SocketHandler):
+    def send(self, s: Any) -> None:
+        super().send(s)
+        super().send(s)
+
+
+@pytest.mark.parametrize("cls", [_MakePickleRenames, _SendTwice])
+def test_socket_handler_hook_overrides_take_effect_in_the_listener(receiver: Receiver, start_pipeline, cls: type) -> None:
+    port = receiver.port
+    p = start_pipeline(lambda: [cls("127.0.0.1", port)])
+    for i in range(5):
+        logging.getLogger("edges.sh").warning("w %d", i)
+    assert p.flush(20)
+    if cls is _MakePickleRenames:
+        recs = receiver.wait_records(5)
+        assert {r["name"] for r in recs} == {"renamed.by.makePickle"}
+    else:
+        recs = receiver.wait_records(10)
+        assert [r["msg"] for r in recs] == [f"w {i}" for i in range(5) for _ in (0, 1)]
+
+
+def test_queue_listener_prepare_override_takes_effect() -> None:
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    class Upper(mplog.QueueListener):
+        def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+            record.msg = str(record.msg).upper()
+            return record
+
+    q: queue.Queue[logging.LogRecord] = queue.Queue()
+    lst = Upper(q, Collect())
+    lst.start()
+    q.put(logging.makeLogRecord({"msg": "shout", "levelno": 20}))
+    lst.stop()
+    assert seen == ["SHOUT"]
+
+
+# -- drop reports on an acked wire (issue 10.3) ---------------------------------------------
+
+
+def test_after_counted_drops_the_mplog_wire_still_delivers(tmp_path: pathlib.Path, start_pipeline) -> None:
+    # Before: the drop report got a newer number than the records still buffered and went
+    # first; mplog serve refused the older numbers; 0 sent, ~20,000 reconnects in 15 s.
+    port = _free_port()
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", port, wire="mplog", buffer_records=500)])
+    log = logging.getLogger("edges.drops")
+    for i in range(1000):
+        log.info("d %d", i, extra={"i": i})
+    wait_until(lambda: p.stats()["dropped"] == 500, what="500 counted drops")
+    srv = Serve(tmp_path / "out.jsonl", port)
+    try:
+        assert p.flush(30)
+        for i in range(1000, 1100):
+            log.info("d %d", i, extra={"i": i})
+        assert p.flush(30)
+        st = p.stats()
+        assert st["sent"] == 600 and st["dropped"] == 500 and st["drop_reports"] == 1
+        assert st["reconnects"] <= 2
+        lines = wait_until(lambda: (ls := srv.lines()) and len(ls) >= 601 and ls, what="601 lines")
+        report = [r for r in lines if r["name"] == "mplog"]
+        assert len(report) == 1 and report[0]["mplog_dropped"] == 500
+        got = [r["i"] for r in lines if r["name"] == "edges.drops"]
+        assert got == list(range(500, 1100))  # drop_oldest kept the newest, in order
+    finally:
+        srv.stop()
+
+
+# -- logging from a signal handler (issue 10.5) ---------------------------------------------
+
+_SIGNAL_SCRIPT = textwrap.dedent(
+    """
+    import logging, signal, sys, mplog
+    port = int(sys.argv[1])
+    if __name__ == "__main__":
+        p = mplog.start([mplog.SocketHandler("127.0.0.1", port)], level=logging.INFO)
+        log = logging.getLogger("sig")
+        fired = [0]
+        def on_alarm(signum, frame):
+            fired[0] += 1
+            log.info("from the signal handler %d", fired[0])
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+        for i in range(30000):
+            log.info("main %d with a longer message to widen the window " + "x" * 200, i)
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        assert p.flush(60)
+        print(fired[0], p.stats()["received"], flush=True)
+        p.stop()
+    """
+)
+
+
+def test_logging_from_a_signal_handler_never_deadlocks(tmp_path: pathlib.Path, receiver: Receiver) -> None:
+    script = tmp_path / "sig.py"
+    script.write_text(_SIGNAL_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), str(receiver.port)], cwd=ROOT, env=env_with_root(),
+        capture_output=True, text=True, timeout=90, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    fired, received = map(int, out.stdout.split())
+    assert fired > 10 and received == 30000 + fired
+    recs = receiver.wait_records(30000 + fired, 60)
+    assert sum(r["msg"].startswith("from the signal handler") for r in recs) == fired
+
+
+# -- silence (issue 10.7) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["port", "host"])
+def test_an_unreachable_receiver_is_said_once_and_named_at_stop(start_pipeline, capfd: pytest.CaptureFixture[str], where: str) -> None:
+    host, port = ("127.0.0.1", _free_port()) if where == "port" else ("no-such-host.invalid", 9)
+    p = start_pipeline([mplog.SocketHandler(host, port)])
+    for i in range(10):
+        logging.getLogger("edges.silent").error("lost? %d", i)
+    st = wait_until(lambda: (s := p.stats())["last_error"] and s, what="last_error")
+    assert isinstance(st["last_error_at"], float) and st["buffered"] == 10
+    assert ("refused" if where == "port" else "cannot resolve") in st["last_error"]
+    p.stop()
+    final = p.stats()
+    assert final["dropped"] == 10 and final["sent"] == 0
+    err = capfd.readouterr().err
+    assert err.count(f"mplog: cannot deliver to {host}:{port}") == 1, err
+    assert f"10 records could not be delivered to {host}:{port}" in err
+
+
+# -- control messages are validated (issue 11.5) --------------------------------------------
+
+
+@pytest.mark.parametrize("message", [
+    {"op": "lost", "count": "x", "first": 1.0, "last": 1.0, "pid": 1},
+    {"op": "lost", "count": 1, "first": 1e20, "last": 1.0, "pid": 1},
+    {"op": "flush", "timeout": "x"},
+    {"op": "stop", "timeout": -1},
+    {"op": "nonsense"},
+])
+def test_a_malformed_control_message_closes_that_connection_only(receiver: Receiver, start_pipeline, message: dict) -> None:
+    # Before: these crashed the listener; the supervisor restarted it, its memory lost.
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    pid = p.pid
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(p.address)
+        s.sendall(encode_control(message))
+        s.settimeout(10)
+        assert s.recv(100) == b""  # closed by the listener
+    logging.getLogger("edges.ctl").warning("still here")
+    assert p.flush(20)
+    receiver.wait_records(1)
+    st = p.stats()
+    assert p.pid == pid and st["restarts"] == 0 and st["bad_frames"] == 1

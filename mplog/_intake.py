@@ -35,6 +35,7 @@ import selectors
 import signal
 import socket
 import stat
+import struct
 import sys
 import threading
 import time
@@ -70,6 +71,15 @@ RETRY_INTERVAL = 0.02
 SEND_BUFFER = 1024 * 1024
 #: A send that makes no progress for this long is abandoned (the listener is stuck).
 SEND_TIMEOUT = 60.0
+#: The listener's acknowledgement: how many record frames of this connection it has
+#: handled (passed to the handlers, so spooled where there is a spool), cumulative.
+ACK = struct.Struct(">Q")
+#: A worker reads its acknowledgements (without blocking) each time this many bytes of
+#: records are kept unacknowledged: one recv per this many bytes written.
+ACK_READ_BYTES = 256 * 1024
+#: Most bytes of records a worker keeps for a resend. What is in flight is bounded by the
+#: socket buffers (about 2 MiB), so this is only reached if acks stop coming.
+RETAIN_MAX = 16 * 1024 * 1024
 #: Bytes read from a worker connection per ``recv``: big enough for hundreds of records.
 READ_SIZE = 256 * 1024
 #: Server loop wake-up period when idle: bounds how late a dead parent is noticed.
@@ -111,6 +121,7 @@ class IntakeClient:
         self._pending: deque[bytes] = deque()
         self._sock: socket.socket | None = None
         self._pid = os.getpid()
+        self._retain_init()
         self._outage_deadline: float | None = None
         self._lost = 0
         self._lost_first = 0.0
@@ -123,6 +134,46 @@ class IntakeClient:
                 os.register_at_fork(after_in_child=_after_fork_in_child)
                 _fork_hook_registered = True
 
+    def _retain_init(self) -> None:
+        # Records written on the current connection and not yet acknowledged, oldest
+        # first; resent, in order, on the next connection if this one breaks (the
+        # listener died before handling them: they were in the socket between us).
+        self._retained: deque[bytes] = deque()
+        self._retained_bytes = 0
+        self._acked = 0  # cumulative ack of the current connection
+        self._unacked_base = 0  # records of this connection before the first retained one
+        self._ack_part = b""
+        self._since_ack_read = 0
+        #: Records written again to a new listener after the old one died.
+        self.resent = 0
+
+    def _read_acks(self, sock: socket.socket) -> None:
+        """Forget the records the listener says it handled (never blocks)."""
+        data = self._ack_part
+        while True:
+            try:
+                chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break  # nothing more to read now
+            except OSError:
+                break  # a dead listener: what it acknowledged before dying was read above
+            data += chunk
+            if len(chunk) < 65536:
+                break
+        whole = len(data) - len(data) % ACK.size
+        if whole:
+            (self._acked,) = ACK.unpack_from(data, whole - ACK.size)
+        self._ack_part = data[whole:]
+        retained = self._retained
+        while retained and self._unacked_base < self._acked:
+            self._retained_bytes -= len(retained.popleft())
+            self._unacked_base += 1
+        while self._retained_bytes > RETAIN_MAX and retained:
+            # Acks stopped coming (a stuck listener): keep memory bounded; what is dropped
+            # here can no longer be resent, which matters only if the listener then dies.
+            self._retained_bytes -= len(retained.popleft())
+            self._unacked_base += 1
+
     def _reset_after_fork(self) -> None:
         # The parent's lock may have been held by a thread that does not exist here, and
         # the parent's socket must stay the parent's: close only our copy of the fd.
@@ -133,6 +184,7 @@ class IntakeClient:
         if sock is not None:
             sock.close()
         self._pid = os.getpid()
+        self._retain_init()  # the parent's records are the parent's to resend
         self._outage_deadline = None
         self._lost = 0
 
@@ -164,6 +216,18 @@ class IntakeClient:
                 s.close()
                 return None
             self._lost = 0
+        if self._retained:
+            # A new listener: first the records the old one may never have handled.
+            try:
+                for f in self._retained:
+                    s.sendall(f)
+            except OSError:
+                s.close()
+                return None
+            self.resent += len(self._retained)
+        self._acked = 0
+        self._unacked_base = 0
+        self._ack_part = b""
         return s
 
     def check(self) -> None:
@@ -224,11 +288,20 @@ class IntakeClient:
                 except OSError:
                     # The listener died or was restarted. A partial frame on the old
                     # connection is discarded there; the whole frame goes again on the
-                    # next connection, so it is neither lost nor duplicated.
+                    # next connection, so it is neither lost nor duplicated. The records
+                    # written before it and not acknowledged go again first.
+                    self._read_acks(sock)
                     self._sock = None
                     sock.close()
                 else:
                     self._outage_deadline = None
+                    self._retained.append(frame)
+                    n = len(frame)
+                    self._retained_bytes += n
+                    self._since_ack_read += n
+                    if self._since_ack_read >= ACK_READ_BYTES:
+                        self._since_ack_read = 0
+                        self._read_acks(sock)
                     return True
             now = time.monotonic()
             if self._outage_deadline is None:
@@ -309,11 +382,15 @@ def bind(address: str) -> socket.socket:
 
 
 class _Conn:
-    __slots__ = ("sock", "splitter")
+    __slots__ = ("ack_out", "records", "sock", "splitter")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.splitter = FrameSplitter()
+        #: Record frames handled from this connection; acknowledged to the worker.
+        self.records = 0
+        #: Acknowledgement bytes not yet taken by the kernel.
+        self.ack_out = b""
 
 
 class IntakeServer:
@@ -434,13 +511,32 @@ class IntakeServer:
                     self.torn_frames += 1
                 self._close_conn(sock)
                 return
-            if bodies and not self._process(sock, bodies):
-                return
+            if bodies:
+                before = conn.records
+                if not self._process(sock, bodies):
+                    return
+                if conn.records != before:
+                    self._ack(conn)
             if not data:
                 self._close_conn(sock)
                 return
             if not drain and len(data) < READ_SIZE:
                 return
+
+    def _ack(self, conn: _Conn) -> None:
+        """Tell the worker how many of its records are handled (cumulative, 8 bytes), so
+        it can forget them: until then it keeps them, to write them again to the next
+        listener if this one dies before handling them. Never blocks: a worker that is not
+        reading its acks gets a later one, which says everything an earlier one would."""
+        if not conn.ack_out:
+            conn.ack_out = ACK.pack(conn.records)
+        try:
+            n = conn.sock.send(conn.ack_out, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # the worker is gone; its EOF is read next
+        conn.ack_out = conn.ack_out[n:]
 
     def _process(self, sock: socket.socket, bodies: list[bytes]) -> bool:
         """Handle the frames of one read; False if the connection was closed."""
@@ -456,6 +552,9 @@ class IntakeServer:
         if records:
             batch, error = decode_records(records)
             self._handle_batch(batch)
+            conn = self.conns.get(sock)
+            if conn is not None:
+                conn.records += len(batch)
             if error is not None:
                 return self._bad(sock, error)
         return sock in self.conns

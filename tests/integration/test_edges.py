@@ -180,6 +180,7 @@ def test_a_sender_thread_killed_by_an_unexpected_error_is_replaced(receiver: Rec
         for i in range(100):
             log.info("c %d", i)
         receiver.wait_records(100)
+        assert h._sender.wait_idle(10)  # the receiver may count a record before `sent` does
         st = h.stats()
         assert st["sender_restarts"] == 1 and st["sent"] == 100 and st["dropped"] == 0
         assert h._sender._thread is not first and h._sender._thread.is_alive()
@@ -223,6 +224,7 @@ def test_a_record_that_keeps_killing_the_sender_is_dropped_and_counted(receiver:
         assert [r["msg"] for r in recs if r["name"] != "mplog"] == ["ok before"] + [f"ok {i}" for i in range(10)]
         (report,) = [r for r in recs if r["name"] == "mplog"]
         assert report["mplog_dropped"] == 1
+        assert h._sender.wait_idle(10)
         st = h.stats()
         assert st["poisoned"] == 1 and st["dropped"] == 1 and st["sender_restarts"] == 2
     finally:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import select
 import selectors
 import signal
 import socket
@@ -92,6 +93,38 @@ _fork_hook_registered = False
 _registry_lock = threading.Lock()
 
 
+#: At exit, how long a process waits for the listener to acknowledge what it wrote last.
+EXIT_DRAIN = 5.0
+
+
+def _drain_all_at_exit() -> None:
+    for client in list(_clients):
+        if client._pid == os.getpid():
+            client.drain(EXIT_DRAIN)
+
+
+def _register_exit_drain() -> None:
+    """Wait, at exit, until the listener has handled what this process wrote.
+
+    A record is in the socket between the process and the listener when the log call
+    returns; if the process exits and the listener dies before reading it, it is lost.
+    Waiting for the acknowledgement closes that window for every exit that runs exit
+    hooks: ``atexit`` (the interpreter's exit, spawn children) and threading's shutdown
+    hooks, which a forked multiprocessing child runs before its ``os._exit``. Only an
+    ``os._exit`` of the program's own skips both (the record is still safe unless the
+    listener dies in that same instant).
+    """
+    import atexit
+
+    atexit.register(_drain_all_at_exit)
+    at_thread_shutdown = getattr(threading, "_register_atexit", None)
+    if at_thread_shutdown is not None:
+        try:
+            at_thread_shutdown(_drain_all_at_exit)
+        except RuntimeError:
+            return  # the interpreter is already shutting down: atexit still runs it
+
+
 def _after_fork_in_child() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
@@ -132,6 +165,7 @@ class IntakeClient:
             _clients.add(self)
             if not _fork_hook_registered:
                 os.register_at_fork(after_in_child=_after_fork_in_child)
+                _register_exit_drain()
                 _fork_hook_registered = True
 
     def _retain_init(self) -> None:
@@ -187,6 +221,35 @@ class IntakeClient:
         self._retain_init()  # the parent's records are the parent's to resend
         self._outage_deadline = None
         self._lost = 0
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (at most *timeout* s) until the listener has handled every record this
+        process wrote; resend to a restarted listener what the old one did not. True if
+        nothing is left unacknowledged. Returns at once when no listener is there."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._retained:
+                sock = self._sock
+                if sock is None:
+                    sock = self._sock = self._connect()  # writes the retained records again
+                    if sock is None:
+                        return False  # no listener to wait for
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    readable, _, _ = select.select([sock], [], [], min(remaining, 0.1))
+                except (OSError, ValueError):
+                    readable = [sock]
+                if not readable:
+                    continue
+                before = (self._acked, len(self._ack_part))
+                self._read_acks(sock)
+                if (self._acked, len(self._ack_part)) == before:  # readable, nothing new: EOF
+                    self._sock = None
+                    sock.close()
+            return True
 
     def close(self) -> None:
         with self._lock:

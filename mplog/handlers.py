@@ -141,6 +141,11 @@ class QueueHandler(logging.handlers.QueueHandler):
         # No handler lock: the intake connection has its own, held only for the write.
         return _handle_unlocked(self, record)
 
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait (at most *timeout* s) until the listener has handled every record this
+        process wrote (``logging.shutdown`` calls it at exit)."""
+        self.queue.drain(timeout)
+
     def close(self) -> None:
         self.queue.close()
         logging.Handler.close(self)

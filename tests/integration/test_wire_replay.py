@@ -250,6 +250,10 @@ def test_replay_and_splice_write_nothing_and_cost_no_honest_record(
         wait_until(lambda: _counts(srv) == want, 60, "the honest records after the attacks")
 
         # The collector restarted on a new output file: no memory of the session at all.
+        # (Every honest record acknowledged first: one resent now would land in the new
+        # file, which remembers nothing.)
+        for s in senders:
+            assert s.pipeline.flush(15)
         srv.kill()
         srv.out = tmp_path / "out2.jsonl"
         srv.start()

@@ -221,7 +221,7 @@ def test_mac_layout_is_the_documented_one() -> None:
     assert session_prefix("ab", CN_A, SN_1) == b"mplog2\x02ab" + CN_A + b"\x10" + SN_1
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=1, max_size=200), st.binary(max_size=300), st.integers(0, 2**64 - 1))
 def test_session_mac_is_hmac_sha256(key: bytes, body: bytes, position: int) -> None:
     # The precomputed RFC 2104 states give exactly hmac.new(key, prefix || data), for keys
@@ -542,7 +542,7 @@ def test_v2_client_told_to_upgrade_a_v1_collector(key: bytes | None) -> None:
 # -- fuzz ------------------------------------------------------------------------------------
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_fuzz_server_only_protocol_error(data: bytes) -> None:
     s = ServerConnection()
@@ -553,7 +553,7 @@ def test_fuzz_server_only_protocol_error(data: bytes) -> None:
         return
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_fuzz_client_only_protocol_error(data: bytes) -> None:
     c = ClientSession("s", KEY, 8, nonce=CN_A)
@@ -564,6 +564,7 @@ def test_fuzz_client_only_protocol_error(data: bytes) -> None:
         return
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 2**32 - 1), max_size=20))
 def test_fuzz_lengths_never_allocate_past_the_limit(lengths: list[int]) -> None:
     s = ServerConnection()
@@ -615,7 +616,7 @@ def _mutate(mutations: list[tuple[str, int, object]]) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_mutation, min_size=1, max_size=4), st.lists(st.integers(1, 300), max_size=12))
 def test_fuzz_mutated_valid_sessions(mutations: list[tuple[str, int, object]], chunks: list[int]) -> None:
     """From a valid signed session, mutated: only ProtocolError is raised, and every
@@ -644,7 +645,7 @@ def test_fuzz_mutated_valid_sessions(mutations: list[tuple[str, int, object]], c
     assert records == [{"msg": f"sender-1 {q}", "q": q} for q in range(1, len(got) + 1)]
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 400), st.integers(1, 255), st.integers(1, 5))
 def test_fuzz_mutated_server_stream_never_acks_more(at: int, xor: int, n_acks: int) -> None:
     """The server's signed welcome and acks, one byte changed: only ProtocolError, and

@@ -528,6 +528,17 @@ def test_v1_refusal_waits_for_the_whole_v1_hello() -> None:
         old.receive(s.error(V1_REFUSAL))
 
 
+def test_v1_client_with_another_key_cannot_read_the_refusal() -> None:
+    # The documented limit: the refusal is only MACed (v1 style) for the right key, and a
+    # signing v1 client rejects anything else as a wrong HMAC. It is still refused.
+    old = v1.ClientSession("old-sender", b"other-key", 8)
+    s = ServerConnection(KEY)
+    with pytest.raises(ProtocolError, match="upgrade the sender"):
+        s.receive(old.handshake())
+    with pytest.raises(ProtocolError, match="wrong HMAC"):
+        old.receive(s.error(V1_REFUSAL))
+
+
 @pytest.mark.parametrize("key", [None, KEY])
 def test_v2_client_told_to_upgrade_a_v1_collector(key: bytes | None) -> None:
     c = ClientSession("new-sender", key, 8, nonce=CN_A)

@@ -544,7 +544,7 @@ class ClientSession:
                     inflight.popleft()
                     acked += 1
             elif kind == b"E":
-                raise ProtocolError(f"server refused: {_error_text(body)}")
+                raise _refused(_error_text(body))
             elif kind == b"W":
                 raise ProtocolError("server sent a second welcome")
             else:
@@ -560,7 +560,7 @@ class ClientSession:
             if text == _V1_PREAMBLE_ERROR:
                 text += (f" (the collector speaks an older mplog wire version; this sender "
                          f"speaks version {VERSION}: upgrade the collector)")
-            raise ProtocolError(f"server refused: {text}")
+            raise _refused(text)
         if kind != b"W":
             raise ProtocolError(f"server sent frame type {kind!r} before its welcome")
         got = b""
@@ -587,6 +587,11 @@ class ClientSession:
         self.resume_acked = acked_seq
         self.window = min(self.window, window)
         self.ready = True
+
+
+def _refused(text: str) -> ProtocolError:
+    # The one place a refusal (an E frame) becomes an exception.
+    return ProtocolError(f"server refused: {text}")
 
 
 def _error_text(body: bytes) -> str:

@@ -34,7 +34,16 @@ from typing import IO, Any
 from ._config import load_key
 from ._errors import ConfigError, ProtocolError
 from ._framing import FrameSplitter
-from ._wires.mplog import DEFAULT_WINDOW, MAGIC, Close, Hello, Record, ServerConnection
+from ._wires.mplog import (
+    DEFAULT_WINDOW,
+    EPOCH_SHIFT,
+    MAGIC,
+    NONCE_SIZE,
+    Close,
+    Hello,
+    Record,
+    ServerConnection,
+)
 
 __all__ = ["Collector"]
 
@@ -74,6 +83,41 @@ def _text_line(rec: Mapping[str, Any]) -> str:
     return line
 
 
+class _Dedup:
+    """The highest sequence number written, per sender and per spool epoch.
+
+    Kept per epoch (``seq >> EPOCH_SHIFT``) rather than per sender so that one record with
+    a huge number (forged by a client on a collector without a key, which trusts its
+    senders) silences at most that epoch of that sender, never its later epochs; the wire
+    refuses numbers of 2**63 and above. Only records whose frames were accepted (MAC
+    verified, with a key) ever advance it.
+    """
+
+    __slots__ = ("marks",)
+
+    def __init__(self) -> None:
+        #: sender -> epoch -> highest seq written
+        self.marks: dict[str, dict[int, int]] = {}
+
+    def of(self, sender: str) -> dict[int, int]:
+        """The epoch marks of *sender*, to read and advance (created when first asked)."""
+        marks = self.marks.get(sender)
+        if marks is None:
+            marks = self.marks[sender] = {}
+        return marks
+
+    def acked(self, sender: str) -> int:
+        """The highest seq of *sender* written (the welcome's ``acked``), 0 if none."""
+        marks = self.marks.get(sender)
+        return max(marks.values()) if marks else 0
+
+    def note(self, sender: str, seq: int) -> None:
+        marks = self.of(sender)
+        epoch = seq >> EPOCH_SHIFT
+        if seq > marks.get(epoch, 0):
+            marks[epoch] = seq
+
+
 class _Output:
     """Append-only output: JSON lines (or text), size-based rotation, torn-line repair."""
 
@@ -86,7 +130,7 @@ class _Output:
         self.max_bytes = max_bytes
         self.backup_count = backup_count
         self.fsync = fsync
-        self.last_seq: dict[str, int] = {}
+        self.last_seq = _Dedup()
         self.torn_repaired = 0
         self._stream = stream
         self._fd = -1
@@ -117,11 +161,14 @@ class _Output:
                         continue
                     try:
                         rec = json.loads(line)
-                        sender, seq = rec["mplog_sender"], int(rec["mplog_seq"])
+                        sender, seq = rec["mplog_sender"], rec["mplog_seq"]
                     except (ValueError, KeyError, TypeError):
                         continue  # a line we did not write: not ours to de-duplicate
-                    if seq > self.last_seq.get(sender, 0):
-                        self.last_seq[sender] = seq
+                    # Only what this collector writes: a str sender and an int seq in
+                    # the wire's range (a hand-edited line cannot silence a sender).
+                    if (isinstance(sender, str) and type(seq) is int
+                            and 0 < seq < 1 << 63):
+                        self.last_seq.note(sender, seq)
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if not records:
@@ -413,11 +460,18 @@ class Collector:
             raise error
 
     def _mplog(self, conn: _Conn, session: ServerConnection, data: bytes) -> None:
+        # ServerConnection yields a Record only for a frame that is whole, in order and (with
+        # a key) MAC-verified for this connection's sender, nonces and position, so the
+        # de-duplication marks only ever move for authenticated records. They move once
+        # the records are written: a failed write leaves them where they were, and the
+        # resent records are written then, not taken for duplicates. A chunk with a bad
+        # frame anywhere is neither written nor acknowledged: the sender resends it.
         records = []
-        last = self._out.last_seq
         top = 0
         close = False
         error: ProtocolError | None = None
+        marks: dict[int, int] | None = None
+        advance: dict[int, int] = {}
         try:
             events = session.receive(data)
         except ProtocolError as exc:
@@ -426,21 +480,30 @@ class Collector:
             if isinstance(ev, Record):
                 sender = session.sender
                 assert sender is not None
-                top = ev.seq
-                if ev.seq <= last.get(sender, 0):
+                if marks is None:
+                    marks = self._out.last_seq.of(sender)
+                seq = top = ev.seq
+                epoch = seq >> EPOCH_SHIFT
+                # Seqs increase along a connection, so the marks from before this chunk
+                # are enough to tell a duplicate.
+                if seq <= marks.get(epoch, 0):
                     self.stats["duplicates"] += 1
                     continue
-                last[sender] = ev.seq
+                advance[epoch] = seq
                 row = self._row(ev.record)
                 row["mplog_sender"] = sender
-                row["mplog_seq"] = ev.seq
+                row["mplog_seq"] = seq
                 records.append(row)
             elif isinstance(ev, Hello):
-                if not self._send(conn, session.welcome(last.get(ev.sender, 0), ev.window)):
+                welcome = session.welcome(self._out.last_seq.acked(ev.sender), ev.window,
+                                          nonce=os.urandom(NONCE_SIZE))
+                if not self._send(conn, welcome):
                     return
             elif isinstance(ev, Close):
                 close = True
         self._out.write(records)  # durably written before it is acknowledged
+        if marks is not None:
+            marks.update(advance)
         self.stats["records"] += len(records)
         if top and not self._send(conn, session.ack(top)):
             return

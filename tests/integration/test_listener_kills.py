@@ -10,7 +10,6 @@ import os
 import pathlib
 import signal
 import threading
-from typing import Any
 
 import mplog
 from tests.helpers import Serve, wait_until

@@ -442,7 +442,7 @@ class _Walk:
         if t is float:
             # NaN and the infinities are not JSON: written as their name, so every output
             # line stays parseable.
-            return v if math.isfinite(v) else repr(v)  # type: ignore[no-any-return]
+            return v if math.isfinite(v) else repr(v)
         if t in (bytes, bytearray):
             self.chars -= 3 + 4 * len(v)  # the worst case of the repr written for it
             if self.chars < 0:
@@ -496,18 +496,27 @@ def jsonable(
     walk = _Walk(strict, max_depth, max_nodes, max_chars)
     out: dict[str, Any] = {}
     for k, item in value.items():
-        if type(k) is not str:
-            if strict:
-                raise ProtocolError(f"refused record: a {type(k).__name__} key at the top level")
-            k = walk.key(k)
-        out[k] = walk.value(item, 1)
+        if type(k) is not str and strict:
+            raise ProtocolError(f"refused record: a {type(k).__name__} key at the top level")
+        out[walk.key(k)] = walk.value(item, 1)
     return out
 
 
 def decode_record(data: bytes, *, max_chars: int = 2 * 1024 * 1024) -> dict[str, Any]:
     """One stdlib-wire frame body -> a JSON-ready record dict (``loads`` + ``jsonable``).
 
+    The expanded record is bounded by the frame's own length as well as by *max_chars*
+    and :data:`MAX_NODES`: at most ``len(data) + 64`` values and ``4 * len(data) + 256``
+    characters. Every value takes at least one opcode byte and every character one byte
+    of UTF-8 unless the memo shares it, so a record the stdlib wrote is far inside these;
+    what they bound is how much a frame of shared references can expand (a read of
+    256 KiB of frames writes a few MiB at most, not gigabytes).
+
     Raises:
         ProtocolError: anything :func:`loads` or :func:`jsonable` refuses.
     """
-    return jsonable(loads(data), max_chars=max_chars)
+    return jsonable(
+        loads(data),
+        max_nodes=min(MAX_NODES, len(data) + 64),
+        max_chars=min(max_chars, 4 * len(data) + 256),
+    )

@@ -127,7 +127,13 @@ def test_hmac_right_key_works_wrong_key_refused(tmp_path: pathlib.Path, start_pi
             h.emit(logging.makeLogRecord({"name": "collector.main", "msg": "unsigned"}))
             assert h.sock is not None
             h.sock.settimeout(10)
-            assert h.sock.recv(1) == b""  # the collector closed the connection
+            said = b""
+            while chunk := h.sock.recv(4096):  # until the collector closes the connection
+                said += chunk
+            # One ASCII line with the exact prefix mplog's SocketHandler recognises.
+            assert said.startswith(b"mplog serve refused this connection: "), said
+            assert said.endswith(b"\n") and said.count(b"\n") == 1 and said.isascii(), said
+            assert b"HMAC" in said
         finally:
             h.close()
         assert srv.terminate() == 0

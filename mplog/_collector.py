@@ -726,7 +726,8 @@ class Collector:
     def _bad(self, conn: _Conn, exc: Exception) -> None:
         reason = self._reason(conn, exc)
         if conn.mplog is not None:
-            self._send(conn, conn.mplog.error(str(exc)))
+            # The peer's own bytes can be in the message: cut it like a stderr line.
+            self._send(conn, conn.mplog.error(one_line(str(exc), DIAG_LIMIT)))
             if conn.sock not in self._conns:
                 return  # the send failed and dropped it
         self._refuse(conn, reason, str(exc))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import logging.handlers
+import os
 import pathlib
 import pickle
 import signal

@@ -68,6 +68,7 @@ MAX_NODES = 100_000
 # bit_length bound that keeps an int under MAX_INT_DIGITS digits: 4300 * log2(10) = 14284.
 _MAX_INT_BITS = 14_000
 _SCALAR_KEYS = (str, int, float, bool, type(None), bytes)
+_SCALAR_TYPES = frozenset(_SCALAR_KEYS)
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _I32 = struct.Struct("<i")
@@ -105,7 +106,7 @@ def _text_int(line: bytes) -> int:
 
 def _key(value: object) -> object:
     # Only scalars may be hashed: a tuple key nested 100,000 deep would recurse in C.
-    if type(value) not in _SCALAR_KEYS:
+    if type(value) not in _SCALAR_TYPES:
         raise _fail(f"a {type(value).__name__} as a dict key or set member")
     return value
 
@@ -192,17 +193,23 @@ def loads(data: bytes, *, max_items: int = MAX_ITEMS, max_memo: int = MAX_MEMO) 
         if len(items) % 2:
             raise _fail("SETITEMS with an odd number of items")
         for i in range(0, len(items), 2):
-            target[_key(items[i])] = items[i + 1]
+            key = items[i]
+            if type(key) not in _SCALAR_TYPES:
+                _key(key)  # raises
+            target[key] = items[i + 1]
 
+    # Values pushed, elements added and memo entries are each at most one per opcode, and
+    # an opcode is at least one byte: a frame of up to max_items / 3 bytes cannot exceed
+    # the budget, so only a longer one pays for counting.
+    counted = 3 * end > max_items
     try:
-        while True:
-            if budget < 0:
-                raise _fail(f"more than {max_items} values")
-            if pos >= end:
-                raise _fail("truncated (no STOP)")
+        while pos < end:
             op = data[pos]
             pos += 1
-            budget -= 1
+            if counted:
+                budget -= 1
+                if budget < 0:
+                    raise _fail(f"more than {max_items} values")
             # The opcodes of a protocol-1 record dict first, inlined (this loop is the
             # stdlib wire's cost per record).
             if op == 0x71:  # q BINPUT
@@ -403,6 +410,7 @@ def loads(data: bytes, *, max_items: int = MAX_ITEMS, max_memo: int = MAX_MEMO) 
                 raise _fail(f"opcode {_REFUSED[op]} (this collector loads data only)")
             else:
                 raise _fail(f"unknown opcode 0x{op:02x}")
+        raise _fail("truncated (no STOP)")
     except struct.error:
         raise _fail("truncated (a fixed-size argument runs past the end)") from None
     except MemoryError:
@@ -459,6 +467,31 @@ class _Walk:
             return [self.value(item, depth + 1) for item in v]
         return self.refuse(f"a value of type {t.__name__}")
 
+    def items(self, d: dict[Any, Any]) -> dict[str, Any]:
+        """The record's own fields, the common scalars inline (this runs per record)."""
+        out: dict[str, Any] = {}
+        for raw, item in d.items():
+            if type(raw) is str:
+                self.chars -= len(raw)
+                k = raw
+            elif self.strict:
+                raise ProtocolError(f"refused record: a {type(raw).__name__} key at the top level")
+            else:
+                k = self.key(raw)
+            t = type(item)
+            if t is str and self.nodes > 0 and self.chars >= len(item):
+                self.nodes -= 1
+                self.chars -= len(item)
+                out[k] = item
+            elif (t is int or t is bool or item is None) and self.nodes > 0:
+                self.nodes -= 1
+                out[k] = item
+            else:
+                out[k] = self.value(item, 1)
+        if self.chars < 0:
+            self.refuse(f"expands to more than {self.max_chars} characters")
+        return out
+
     def key(self, k: Any) -> str:
         # As json.dumps writes them: the scalars a JSON object may be keyed by become text.
         t = type(k)
@@ -493,13 +526,7 @@ def jsonable(
     """
     if type(value) is not dict:
         raise ProtocolError(f"refused record: a {type(value).__name__}, not a dict")
-    walk = _Walk(strict, max_depth, max_nodes, max_chars)
-    out: dict[str, Any] = {}
-    for k, item in value.items():
-        if type(k) is not str and strict:
-            raise ProtocolError(f"refused record: a {type(k).__name__} key at the top level")
-        out[walk.key(k)] = walk.value(item, 1)
-    return out
+    return _Walk(strict, max_depth, max_nodes, max_chars).items(value)
 
 
 def decode_record(data: bytes, *, max_chars: int = 2 * 1024 * 1024) -> dict[str, Any]:

@@ -120,8 +120,10 @@ class _Diagnostics:
     table of windows stays small.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 stream: IO[str] | None = None) -> None:
         self._clock = clock
+        self._stream = stream  # None: sys.stderr as it is at each write
         self._windows: dict[str, list[float]] = {}  # reason -> [start, shown, suppressed]
         self.suppressed = 0
         self.dropped = 0  # lines stderr could not take without blocking
@@ -156,7 +158,7 @@ class _Diagnostics:
     def write(self, text: str, wait: float = 0.0) -> None:
         """One line now (not rate-limited); counted in ``dropped`` if stderr is full."""
         line = ("mplog serve: " + one_line(text, DIAG_LIMIT) + "\n").encode("utf-8", "replace")
-        stream = sys.stderr
+        stream = self._stream or sys.stderr
         try:
             fd = stream.fileno()
         except (AttributeError, OSError, ValueError):

@@ -275,3 +275,41 @@ def test_output_rotates_by_size_and_dedupe_reads_the_backups(tmp_path: pathlib.P
         assert sorted(r["q"] for r in lines) == list(range(1, 311))
     finally:
         srv.stop()
+
+
+def test_diagnostics_are_one_escaped_capped_line_and_rate_limited() -> None:
+    from mplog._collector import DIAG_BURST, DIAG_LIMIT, DIAG_PERIOD, _Diagnostics
+
+    now = [100.0]
+    out = io.StringIO()
+    diag = _Diagnostics(clock=lambda: now[0], stream=out)
+    for i in range(DIAG_BURST + 25):
+        diag.say("bad_pickle", f"peer said \n mplog serve: forged {i} \x1b[2J" + "A" * 5000)
+    diag.say("connect", "connection from 127.0.0.1:1")  # another reason has its own budget
+    lines = out.getvalue().splitlines()
+    assert len(lines) == DIAG_BURST + 1
+    assert all(line.startswith("mplog serve: ") for line in lines)
+    assert all("\x1b" not in line and len(line) < DIAG_LIMIT + 60 for line in lines)
+    assert "peer said \\n mplog serve: forged 0 \\x1b[2J" in lines[0]
+    assert diag.suppressed == 25
+    diag.tick()  # the window has not ended: nothing yet
+    assert len(out.getvalue().splitlines()) == DIAG_BURST + 1
+    now[0] += DIAG_PERIOD
+    diag.tick()
+    last = out.getvalue().splitlines()[-1]
+    assert last == f"mplog serve: ... 25 more bad_pickle lines suppressed in {DIAG_PERIOD:g} s"
+    diag.say("bad_pickle", "a new window")
+    assert out.getvalue().splitlines()[-1] == "mplog serve: a new window"
+
+
+def test_text_line_is_one_line_for_any_value() -> None:
+    from mplog._collector import _text_line
+
+    line = _text_line({
+        "created": 1e17, "levelname": "INFO\nCRITICAL", "name": "a\rb", "processName": "p",
+        "process": 1, "msg": "m\x1b[31m", "exc_text": "Trace\nback", "user": "x y", "n": [1, 2],
+        "mplog_seq": 3,
+    })
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert line == ('- INFO\\nCRITICAL a\\rb [p:1] m\\x1b[31m user="x y" n=[1, 2] '
+                    'exc_text=Trace\\nback')

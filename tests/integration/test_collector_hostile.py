@@ -234,7 +234,11 @@ def test_partial_frames_capped_by_max_connections_and_idle_timeout(tmp_path: pat
     assert legit.pipeline.flush(30)  # both legit connections are open before the attack
     attackers: list[socket.socket] = []
     partial = struct.pack(">L", MiB) + b"\x80" * (MiB - 1)  # one byte short of a frame
+    silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)  # sends nothing
     try:
+        t_silent = time.monotonic()
+        assert _closed_by_peer(silent, 15)
+        assert 3.5 < time.monotonic() - t_silent < 10  # after --idle-timeout 4, not before
         for _ in range(250):
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
             attackers.append(s)
@@ -248,6 +252,7 @@ def test_partial_frames_capped_by_max_connections_and_idle_timeout(tmp_path: pat
         assert all(_closed_by_peer(s, 15) for s in held)
         assert time.monotonic() - t0 < 10
     finally:
+        silent.close()
         for s in attackers:
             s.close()
     legit.send(100)
@@ -319,9 +324,14 @@ def test_stderr_is_escaped_bounded_and_rate_limited(tmp_path: pathlib.Path, serv
     assert "stopped:" in lines[-1] and "protocol=" in lines[-1] and "bad_pickle=" in lines[-1]
 
 
-def test_records_on_stdout_are_only_records(tmp_path: pathlib.Path, serve) -> None:
+def test_records_on_stdout_are_only_records(tmp_path: pathlib.Path, serve, start_pipeline) -> None:
     srv = serve()  # --output -: records on stdout
     assert not srv.banner_on_stdout
+    h = mplog.SocketHandler("127.0.0.1", srv.port, wire="mplog")
+    p = start_pipeline([h])
+    logging.getLogger("hostile.mplog").warning("over the mplog wire")
+    assert p.flush(30)
+    p.stop()
     h = logging.handlers.SocketHandler("127.0.0.1", srv.port)
     try:
         for i in range(20):
@@ -331,15 +341,16 @@ def test_records_on_stdout_are_only_records(tmp_path: pathlib.Path, serve) -> No
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
         s.sendall(_frame(b"cos\nsystem\n."))
         assert _closed_by_peer(s)
-    wait_until(lambda: len(srv.out) >= 20, what="20 stdout lines")
+    wait_until(lambda: len(srv.out) >= 21, what="21 stdout lines")
     assert srv.terminate() == 0
     rows = [json.loads(line) for line in srv.out]  # `mplog serve | jq` works
-    assert [r["i"] for r in rows] == list(range(20))
+    assert rows[0]["msg"] == "over the mplog wire" and "mplog_seq" in rows[0]
+    assert [r["i"] for r in rows[1:]] == list(range(20))
     err = srv.stderr()
     assert err.startswith("listening on 127.0.0.1:")
     assert "connection from 127.0.0.1:" in err and "closed 127.0.0.1:" in err
-    assert "(pickle wire)" in err
-    assert err.strip().splitlines()[-1].startswith("mplog serve: stopped: 20 records written")
+    assert "(pickle wire)" in err and "(mplog wire, sender " in err
+    assert err.strip().splitlines()[-1].startswith("mplog serve: stopped: 21 records written")
 
 
 @pytest.fixture

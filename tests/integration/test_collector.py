@@ -219,6 +219,11 @@ def test_collector_embedded(tmp_path: pathlib.Path) -> None:
     finally:
         c.stop()
     assert c.stats["records"] == 1
+    from mplog._collector import REFUSAL_REASONS
+
+    # The counters other code exports (Prometheus): every refusal reason has its key.
+    assert all(c.stats[f"refusals_{r}"] == 0 for r in REFUSAL_REASONS)
+    assert c.stats["connections"] == 1 and c.stats["open_connections"] == 0
 
 
 def test_serve_bad_usage_is_one_line(tmp_path: pathlib.Path) -> None:
@@ -230,6 +235,12 @@ def test_serve_bad_usage_is_one_line(tmp_path: pathlib.Path) -> None:
     r = subprocess.run([sys.executable, "-m", "mplog", "serve", "--port", "0", "--hmac-key-file", str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "hmac_key_file" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    for bad in (["--idle-timeout", "0"], ["--idle-timeout", "nan"], ["--max-connections", "0"],
+                ["--max-frame-bytes", "10"]):
+        r = subprocess.run([sys.executable, "-m", "mplog", "serve", "--port", "0", *bad],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (bad, r.stderr)
+        assert bad[0] in r.stderr, (bad, r.stderr)
     _ = time
 
 

@@ -303,12 +303,14 @@ def test_stderr_is_escaped_bounded_and_rate_limited(tmp_path: pathlib.Path, serv
 
     out = tmp_path / "out.jsonl"
     srv = serve("--output", str(out))
-    hello = json.dumps({"sender": "s", "version": "\nmplog serve: forged\n" + "A" * 900_000}).encode()
+    huge = json.dumps({"sender": "s", "version": "\nmplog serve: forged\n" + "A" * 900_000}).encode()
+    small = json.dumps({"sender": "s", "version": "\nmplog serve: forged\n"}).encode()
     n = 1500
     t0 = time.monotonic()
     for i in range(n):
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
             if i % 2:
+                hello = huge if i % 20 == 1 else small  # 75 lines of 900 KB before
                 s.sendall(MAGIC + struct.pack(">L", len(hello) + 1) + b"H" + hello)
             else:  # a global whose name is a forged line
                 s.sendall(_frame(b"cos\nsystem\nmplog serve: forged\n."))

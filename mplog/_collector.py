@@ -142,11 +142,11 @@ class _Diagnostics:
             w[2] += 1
             self.suppressed += 1
 
-    def tick(self) -> None:
-        """Report the suppressed lines of every window that has ended."""
+    def tick(self, final: bool = False) -> None:
+        """Report the suppressed lines of every window that has ended (*final*: of all)."""
         now = self._clock()
         for reason, w in list(self._windows.items()):
-            if now - w[0] >= DIAG_PERIOD:
+            if final or now - w[0] >= DIAG_PERIOD:
                 self._report_suppressed(reason, w)
                 del self._windows[reason]
 
@@ -650,6 +650,7 @@ class Collector:
                             f"{self._out.pending} records were read but not written")
         self._sync_records()
         self._out.close()
+        self.diag.tick(final=True)
         self._wake_r.close()
         self._wake_w.close()
         self.stats["diagnostics_suppressed"] = self.diag.suppressed

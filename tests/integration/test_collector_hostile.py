@@ -298,11 +298,12 @@ def test_text_output_cannot_be_forged(tmp_path: pathlib.Path, serve) -> None:
     assert srv.terminate() == 0
 
 
-def test_stderr_is_escaped_bounded_and_rate_limited(tmp_path: pathlib.Path, serve) -> None:
+def test_stderr_is_escaped_bounded_and_rate_limited(tmp_path: pathlib.Path, serve, start_pipeline) -> None:
     from mplog._wires.mplog import MAGIC
 
     out = tmp_path / "out.jsonl"
     srv = serve("--output", str(out))
+    legit = _Legit(start_pipeline, srv.port)
     huge = json.dumps({"sender": "s", "version": "\nmplog serve: forged\n" + "A" * 900_000}).encode()
     small = json.dumps({"sender": "s", "version": "\nmplog serve: forged\n"}).encode()
     n = 1500
@@ -315,7 +316,11 @@ def test_stderr_is_escaped_bounded_and_rate_limited(tmp_path: pathlib.Path, serv
             else:  # a global whose name is a forged line
                 s.sendall(_frame(b"cos\nsystem\nmplog serve: forged\n."))
             assert _closed_by_peer(s)
+        if i % 10 == 0:
+            legit.send(1)
+    legit.check(out)
     assert srv.alive()
+    assert srv.rss_max < memory_bound(), srv.rss_max
     assert srv.terminate() == 0
     elapsed = time.monotonic() - t0
     err = srv.stderr()
@@ -405,6 +410,7 @@ def test_full_disk_holds_senders_and_loses_nothing(small_disk: pathlib.Path, ser
     legit.send(20)
     legit.check(out)
     assert srv.alive()
+    assert srv.rss_max < memory_bound(), srv.rss_max
     assert srv.terminate() == 0
     err = srv.stderr()
     assert err.count("cannot write the output") == 1, err

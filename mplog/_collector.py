@@ -51,7 +51,7 @@ from ._errors import ConfigError, ProtocolError
 from ._framing import FrameSplitter
 from ._record import STANDARD_ATTRS
 from ._text import iso_local, one_line, safe_repr
-from ._unpickle import decode_record, jsonable
+from ._unpickle import ShapeError, decode_record, jsonable
 from ._wires.mplog import DEFAULT_WINDOW, MAGIC, Close, Hello, Record, ServerConnection
 from ._wires.mplog import MAX_FRAME as MPLOG_MAX_FRAME
 
@@ -386,6 +386,10 @@ class _Output:
                 self._stream.flush()
             except (OSError, ValueError) as exc:  # kept for the summary, like any write error
                 self.error = OSError(str(exc))
+
+
+class _TooLarge(ProtocolError):
+    """A stdlib-wire length prefix above ``max_frame_bytes``."""
 
 
 class _Conn:
@@ -737,12 +741,15 @@ class Collector:
 
     @staticmethod
     def _reason(conn: _Conn, exc: Exception) -> str:
-        text = str(exc)
-        if "exceeds the limit" in text or "(limit " in text:
+        if isinstance(exc, _TooLarge):
             return "frame_too_large"
-        if conn.mplog is not None:
-            return "hmac" if "HMAC" in text else "protocol"
-        return "bad_record" if text.startswith("refused record") else "bad_pickle"
+        if conn.pickle is not None:
+            return "bad_record" if isinstance(exc, ShapeError) else "bad_pickle"
+        # The mplog wire's errors carry no type for their cause (yet): its messages name it.
+        text = str(exc)
+        if "(limit " in text:
+            return "frame_too_large"
+        return "hmac" if "HMAC" in text else "protocol"
 
     def _send(self, conn: _Conn, data: bytes) -> bool:
         """Queue *data* for *conn* and send what the socket takes now (never blocks);
@@ -907,7 +914,10 @@ class Collector:
             return
         records = []
         error: ProtocolError | None = None
-        bodies = conn.pickle.feed(data)
+        try:
+            bodies = conn.pickle.feed(data)
+        except ProtocolError as exc:  # the only error of a non-empty feed: a length too big
+            raise _TooLarge(str(exc)) from None
         conn.frames += len(bodies)
         for body in bodies:
             try:

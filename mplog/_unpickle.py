@@ -43,6 +43,7 @@ __all__ = [
     "MAX_ITEMS",
     "MAX_MEMO",
     "MAX_NODES",
+    "ShapeError",
     "decode_record",
     "jsonable",
     "loads",
@@ -83,6 +84,10 @@ _REFUSED = {
     0x82: "EXT1", 0x83: "EXT2", 0x84: "EXT4", ord("P"): "PERSID", ord("Q"): "BINPERSID",
     0x97: "NEXT_BUFFER", 0x98: "READONLY_BUFFER",
 }
+
+
+class ShapeError(ProtocolError):
+    """A pickle that decoded, but is not a record :func:`jsonable` can write."""
 
 
 def _fail(text: str) -> ProtocolError:
@@ -432,7 +437,7 @@ class _Walk:
 
     def refuse(self, text: str) -> str:
         if self.strict:
-            raise ProtocolError(f"refused record: {text}")
+            raise ShapeError(f"refused record: {text}")
         return f"<mplog: {text}>"
 
     def value(self, v: Any, depth: int) -> _Json:
@@ -475,7 +480,7 @@ class _Walk:
                 self.chars -= len(raw)
                 k = raw
             elif self.strict:
-                raise ProtocolError(f"refused record: a {type(raw).__name__} key at the top level")
+                raise ShapeError(f"refused record: a {type(raw).__name__} key at the top level")
             else:
                 k = self.key(raw)
             t = type(item)
@@ -520,12 +525,12 @@ def jsonable(
     never deeper than *max_depth*, and stops as soon as a bound is crossed.
 
     Raises:
-        ProtocolError: (``strict=True``) *value* is not a dict with str keys, or crosses
+        ShapeError: (``strict=True``) *value* is not a dict with str keys, or crosses
             a bound. With ``strict=False`` the offending parts are replaced by a
             ``"<mplog: ...>"`` placeholder instead, and only a non-dict is refused.
     """
     if type(value) is not dict:
-        raise ProtocolError(f"refused record: a {type(value).__name__}, not a dict")
+        raise ShapeError(f"refused record: a {type(value).__name__}, not a dict")
     return _Walk(strict, max_depth, max_nodes, max_chars).items(value)
 
 

@@ -207,9 +207,13 @@ def _text_line(rec: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+# Built once: json.dumps with any keyword builds a new encoder on every call.
+_encode_json = json.JSONEncoder(default=safe_repr).encode
+
+
 def _json_line(rec: Mapping[str, Any]) -> str:
     try:
-        return json.dumps(rec, default=safe_repr)
+        return _encode_json(rec)
     except (TypeError, ValueError, RecursionError) as exc:  # not reached for checked rows
         return json.dumps({"mplog_unencodable": one_line(safe_repr(rec), 2000),
                            "mplog_error": type(exc).__name__})

@@ -386,15 +386,7 @@ def test_full_disk_holds_senders_and_loses_nothing(small_disk: pathlib.Path, ser
     legit = _Legit(start_pipeline, srv.port)
     legit.send(20)
     assert legit.pipeline.flush(30)
-    filler = small_disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:  # fill the disk to the last byte
-        for size in (65536, 4096, 1):
-            with contextlib.suppress(OSError):  # ENOSPC: full at this grain
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
+    filler = _fill(small_disk)
     probe = os.open(small_disk / "probe", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         with pytest.raises(OSError):
@@ -416,3 +408,40 @@ def test_full_disk_holds_senders_and_loses_nothing(small_disk: pathlib.Path, ser
     assert err.count("cannot write the output") == 1, err
     assert "Traceback" not in err
     assert "output failed 1 times" in err.strip().splitlines()[-1]
+
+
+def _fill(disk: pathlib.Path) -> pathlib.Path:
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):  # ENOSPC: full at this grain
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_stopped_while_the_disk_is_full_nothing_acknowledged_is_lost(small_disk: pathlib.Path, tmp_path: pathlib.Path, serve, start_pipeline) -> None:
+    srv = serve("--output", str(small_disk / "out.jsonl"))
+    h = mplog.SocketHandler("127.0.0.1", srv.port, wire="mplog")
+    h.retryStart, h.retryMax = 0.05, 0.5
+    p = start_pipeline([h])
+    log = logging.getLogger("hostile.stopped")
+    _fill(small_disk)
+    for i in range(50):
+        log.warning("held %d", i, extra={"i": i})
+    wait_until(lambda: "cannot write the output" in srv.stderr(), 30, "the stall line")
+    assert not p.flush(1)
+    assert srv.terminate() == 0  # SIGTERM while the output fails: still a clean exit
+    summary = srv.stderr().strip().splitlines()[-1]
+    assert "records read but NOT written" in summary, summary
+    # None of them was acknowledged: the sender still has them, and a collector with a
+    # working disk gets every one.
+    out = tmp_path / "out.jsonl"
+    srv2 = serve("--output", str(out), "--port", str(srv.port))
+    assert p.flush(60), p.stats()
+    got = [r["i"] for r in _lines(out) if r.get("name") == "hostile.stopped"]
+    assert got == list(range(50))
+    assert srv2.terminate() == 0

@@ -57,7 +57,26 @@ def _parser() -> argparse.ArgumentParser:
                        help="rotated files to keep (default 5)")
     serve.add_argument("--fsync", action="store_true",
                        help="fsync the output before acknowledging records")
+    serve.add_argument("--max-connections", type=_positive, default=256, metavar="N",
+                       help="connections open at once; more are accepted and closed "
+                            "(default 256)")
+    serve.add_argument("--idle-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                       help="close a connection that completes no frame for this long "
+                            "(idle, or a slow partial frame; default 60)")
+    serve.add_argument("--max-frame-bytes", type=_int_at_least(1024), default=1024 * 1024,
+                       metavar="N", help="largest stdlib-wire frame (default 1048576; the "
+                                         "mplog wire's own limit is 1 MiB)")
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -78,6 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
             args.host, None if args.unix else args.port, unix=args.unix, output=args.output,
             hmac_key_file=args.hmac_key_file, text=args.text, max_bytes=args.max_bytes,
             backup_count=args.backup_count, fsync=args.fsync,
+            max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+            max_frame_bytes=args.max_frame_bytes,
         )
     except MplogError as exc:
         sys.stderr.write(f"mplog serve: {exc}\n")
@@ -88,8 +109,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    print(f"listening on {collector.address}", flush=True)
+    # With records on stdout, stdout carries nothing else (`mplog serve | jq` works);
+    # with a file, the banner is the first stdout line (scripts wait for it).
+    banner = sys.stderr if args.output == "-" else sys.stdout
+    print(f"listening on {collector.address}", file=banner, flush=True)
     collector.serve_forever()
+    collector.diag.write(collector.summary(), wait=1.0)
     return 0
 
 

@@ -9,35 +9,55 @@ Rules this module keeps:
   (``os.write``: it survives a crash of this process; with ``fsync=True`` also a crash of
   the machine), and written at most once per (sender, seq), also across restarts: the
   de-duplication state is rebuilt from the output file(s) at start.
-- stdlib wire: decoded by an unpickler that refuses every global, so nothing a client
-  sends can run code here.
-- A malformed, oversized or wrongly signed frame closes that one connection, with a
-  reason on stderr and a counter; everyone else is served on.
+- stdlib wire: decoded by :mod:`mplog._unpickle`, a bounded interpreter of pickle's data
+  opcodes (never :mod:`pickle`), so nothing a client sends can run code here or grow the
+  memory past the bounds below.
+- Bounded: at most ``max_connections`` connections (more are accepted and closed at
+  once), each holding at most one partial frame of ``max_frame_bytes``; a connection
+  that completes no frame for ``idle_timeout`` seconds is closed. The memory bound this
+  gives is stated in ``docs/collector.md``.
+- A malformed, oversized or wrongly signed frame closes that one connection, with one
+  line on stderr and a counter; everyone else is served on. Nothing a client sends makes
+  the collector exit.
+- The output failing (a full disk, EIO, ...) never makes it exit either: it stops reading
+  from every connection (TCP backpressure holds the senders) and stops acknowledging,
+  keeps the records it has already read in memory, says so once on stderr, retries every
+  second and resumes when writing works. Nothing acknowledged is lost.
+- Every diagnostic is one line on stderr: escaped (:func:`mplog._text.one_line`), cut at
+  :data:`DIAG_LIMIT` characters, at most :data:`DIAG_BURST` lines per reason every
+  :data:`DIAG_PERIOD` seconds (then one "... N more suppressed" line), and never blocks:
+  a line that stderr cannot take at once is counted instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
+import math
 import os
 import pathlib
-import pickle
+import select
 import selectors
 import socket
+import ssl
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from ._config import load_key
 from ._errors import ConfigError, ProtocolError
-from ._framing import FrameSplitter
+from ._framing import REFUSAL_PREFIX, FrameSplitter
+from ._limits import COLLECTOR_FRAME
+from ._record import STANDARD_ATTRS
+from ._text import iso_local, one_line, safe_repr
+from ._unpickle import ShapeError, decode_record, jsonable
 from ._wires.mplog import (
     DEFAULT_WINDOW,
     EPOCH_SHIFT,
     MAGIC,
+    MIN_FRAME_LIMIT,
     NONCE_SIZE,
     Close,
     Hello,
@@ -45,42 +65,164 @@ from ._wires.mplog import (
     ServerConnection,
 )
 
-__all__ = ["Collector"]
+__all__ = ["REFUSAL_REASONS", "Collector", "memory_bound"]
 
+#: Bytes read from a connection at a time.
 READ_SIZE = 256 * 1024
-#: Largest stdlib-wire frame accepted (a pickled record is a few hundred bytes).
-MAX_PICKLE_FRAME = 1024 * 1024
+#: Default largest stdlib-wire frame (a pickled record is a few hundred bytes; a record
+#: with a long traceback a few KiB).
+MAX_PICKLE_FRAME = COLLECTOR_FRAME
+#: Defaults of ``max_connections`` and ``idle_timeout``.
+MAX_CONNECTIONS = 256
+IDLE_TIMEOUT = 60.0
+#: Bytes of answers (welcome, acks) queued for a peer that does not read them, beyond
+#: which the connection is closed (acks are 13 bytes: 20,000 unread acks).
+MAX_OUTBOUND = 256 * 1024
+#: Seconds between two tries of an output that failed.
+RETRY_OUTPUT = 1.0
+#: A refused stdlib-wire peer gets this long to close after reading why.
+DRAIN_SECONDS = 2.0
+#: Diagnostics: characters per line, lines per reason per period, period in seconds.
+DIAG_LIMIT = 300
+DIAG_BURST = 10
+DIAG_PERIOD = 10.0
+#: Why a connection was closed by the collector: ``stats["refusals_<reason>"]`` counts each.
+REFUSAL_REASONS: tuple[str, ...] = (
+    "max_connections",  # accepted and closed at once: max_connections are open
+    "idle_timeout",  # no complete frame for idle_timeout seconds
+    "frame_too_large",  # a length prefix above the frame limit
+    "bad_pickle",  # a stdlib-wire frame the data-only decoder refuses
+    "bad_record",  # decoded, but not a record dict (keys, depth, expanded size)
+    "pickle_needs_hmac",  # a stdlib-wire client of a collector that requires HMAC
+    "hmac",  # an mplog-wire client with a missing or wrong signature
+    "protocol",  # any other mplog-wire protocol violation
+    "slow_reader",  # more than MAX_OUTBOUND bytes of answers left unread
+)
 _DROP = ("args", "exc_info", "message")
+#: The collector's own footprint with no connection: the interpreter, mplog, a selector,
+#: and the transient objects of decoding one read (MAX_ITEMS objects at most).
+BASE_MEMORY = 96 * 1024 * 1024
 
 
-class _NoGlobals(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused to load global {module}.{name}")
+def memory_bound(max_connections: int = MAX_CONNECTIONS,
+                 max_frame_bytes: int = MAX_PICKLE_FRAME) -> int:
+    """The RSS (bytes) ``mplog serve`` stays under, whatever its peers send:
+    ``BASE_MEMORY + max_connections * (frame + READ_SIZE + MAX_OUTBOUND) * 5 / 4`` with
+    *frame* the larger of *max_frame_bytes* and the mplog wire's limit (each connection
+    holds at most one partial frame, one read and its unread answers; 5/4 for the
+    growth slack of a ``bytearray``). The output's records held while it fails are one
+    read's worth, inside BASE_MEMORY. ``docs/collector.md`` explains each term."""
+    frame = max(max_frame_bytes, MIN_FRAME_LIMIT)
+    return BASE_MEMORY + max_connections * (frame + READ_SIZE + MAX_OUTBOUND) * 5 // 4
+# Fields the --text line shows in fixed places (or not at all): the rest are extras.
+_TEXT_FIXED = STANDARD_ATTRS | {"mplog_sender", "mplog_seq"}
+_WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-def safe_unpickle(data: bytes) -> Any:
-    """Unpickle *data* with every global refused (no code can run)."""
+class _Diagnostics:
+    """The collector's stderr: one escaped, capped line each, rate-limited per reason.
+
+    *reason* is one of a few fixed words chosen by the code, never by a peer, so the
+    table of windows stays small.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 stream: IO[str] | None = None) -> None:
+        self._clock = clock
+        self._stream = stream  # None: sys.stderr as it is at each write
+        self._windows: dict[str, list[float]] = {}  # reason -> [start, shown, suppressed]
+        self.suppressed = 0
+        self.dropped = 0  # lines stderr could not take without blocking
+
+    def say(self, reason: str, text: str) -> None:
+        now = self._clock()
+        w = self._windows.get(reason)
+        if w is None or now - w[0] >= DIAG_PERIOD:
+            if w is not None:
+                self._report_suppressed(reason, w)
+            w = self._windows[reason] = [now, 0, 0]
+        if w[1] < DIAG_BURST:
+            w[1] += 1
+            self.write(text)
+        else:
+            w[2] += 1
+            self.suppressed += 1
+
+    def tick(self, final: bool = False) -> None:
+        """Report the suppressed lines of every window that has ended (*final*: of all)."""
+        now = self._clock()
+        for reason, w in list(self._windows.items()):
+            if final or now - w[0] >= DIAG_PERIOD:
+                self._report_suppressed(reason, w)
+                del self._windows[reason]
+
+    def _report_suppressed(self, reason: str, w: list[float]) -> None:
+        if w[2]:
+            self.write(f"... {int(w[2])} more {reason} lines suppressed in {DIAG_PERIOD:g} s")
+            w[2] = 0
+
+    def write(self, text: str, wait: float = 0.0) -> None:
+        """One line now (not rate-limited); counted in ``dropped`` if stderr is full."""
+        line = ("mplog serve: " + one_line(text, DIAG_LIMIT) + "\n").encode("utf-8", "replace")
+        stream = self._stream or sys.stderr
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1  # a stream without a descriptor (embedded, captured): write to it
+        try:
+            if fd < 0:
+                stream.write(line.decode("utf-8"))
+                stream.flush()
+                return
+            # A pipe nobody reads must not stall the collector: write only when a line
+            # (< PIPE_BUF, so written whole) fits now.
+            _, ready, _ = select.select([], [fd], [], wait)
+            if not ready:
+                self.dropped += 1
+                return
+            os.write(fd, line)
+        except (OSError, ValueError):
+            self.dropped += 1
+
+
+def _text_value(value: object) -> str:
+    if isinstance(value, str):
+        if value and not any(c in value for c in ' "='):
+            return one_line(value)
+        return one_line(json.dumps(value, ensure_ascii=False))
     try:
-        return _NoGlobals(io.BytesIO(data)).load()
-    except Exception as exc:  # any malformed pickle: one ProtocolError
-        raise ProtocolError(f"refused pickle frame: {type(exc).__name__}: {exc}") from None
+        return one_line(json.dumps(value, ensure_ascii=False, default=safe_repr))
+    except (TypeError, ValueError, RecursionError):
+        return one_line(safe_repr(value))
 
 
 def _text_line(rec: Mapping[str, Any]) -> str:
+    """One record as one line, whatever its fields hold (control characters escaped):
+    ``TIME LEVEL NAME [PROCESSNAME:PID] MESSAGE key=value ... exc_text=... stack_info=...``."""
     created = rec.get("created")
-    try:
-        t = float(created)  # type: ignore[arg-type]
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f",{int(t % 1 * 1000):03d}"
-    except (TypeError, ValueError, OverflowError):
-        stamp = "-"
-    line = (
-        f"{stamp} {rec.get('levelname', '-')} {rec.get('name', '-')} "
-        f"[{rec.get('processName', '-')}:{rec.get('process', '-')}] {rec.get('msg', '')}"
-    )
+    stamp = iso_local(created) if isinstance(created, int | float) else "-"
+    parts = [
+        stamp, one_line(rec.get("levelname", "-")), one_line(rec.get("name", "-")),
+        f"[{one_line(rec.get('processName', '-'))}:{one_line(rec.get('process', '-'))}]",
+        one_line(rec.get("msg", "")),
+    ]
+    parts += [f"{one_line(k)}={_text_value(v)}" for k, v in rec.items() if k not in _TEXT_FIXED]
     for key in ("exc_text", "stack_info"):
         if rec.get(key):
-            line += "\n" + str(rec[key])
-    return line
+            parts.append(f"{key}={_text_value(rec[key])}")
+    return " ".join(parts)
+
+
+# Built once: json.dumps with any keyword builds a new encoder on every call.
+_encode_json = json.JSONEncoder(default=safe_repr).encode
+
+
+def _json_line(rec: Mapping[str, Any]) -> str:
+    try:
+        return _encode_json(rec)
+    except (TypeError, ValueError, RecursionError) as exc:  # not reached for checked rows
+        return json.dumps({"mplog_unencodable": one_line(safe_repr(rec), 2000),
+                           "mplog_error": type(exc).__name__})
 
 
 class _Dedup:
@@ -119,11 +261,16 @@ class _Dedup:
 
 
 class _Output:
-    """Append-only output: JSON lines (or text), size-based rotation, torn-line repair."""
+    """Append-only output: JSON lines (or text), size-based rotation, torn-line repair.
+
+    :meth:`write` queues the records' lines and writes what it can; a write error (a full
+    disk, EIO, a closed pipe) leaves the unwritten rest queued, in order and from the
+    exact byte where it stopped, for :meth:`flush` to retry. Nothing raises for a write.
+    """
 
     def __init__(
         self, path: str | None, stream: IO[bytes] | None, *, text: bool, max_bytes: int,
-        backup_count: int, fsync: bool,
+        backup_count: int, fsync: bool, fd: int = -1,
     ) -> None:
         self.path = path
         self.text = text
@@ -132,12 +279,26 @@ class _Output:
         self.fsync = fsync
         self.last_seq = _Dedup()
         self.torn_repaired = 0
+        self.lines_written = 0
+        self.error: OSError | None = None  # the last write error, None once writing works
+        self._pending: list[bytes] = []  # lines not yet (fully) written, in order
+        self._offset = 0  # bytes of _pending[0] already written
+        self._unsynced = False  # written but the fsync failed: retry it before an ack
+        self._renamed = False  # a rotation renamed the files but could not open the new one
         self._stream = stream
-        self._fd = -1
+        self._fd = fd
+        self._own_fd = False
+        self._size = 0
         if path is not None:
             self._repair_and_load()
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._own_fd = True
             self._size = os.fstat(self._fd).st_size
+
+    @property
+    def pending(self) -> int:
+        """Lines held in memory that are not (fully) written yet."""
+        return len(self._pending)
 
     def _files(self) -> list[pathlib.Path]:
         assert self.path is not None
@@ -170,77 +331,145 @@ class _Output:
                             and 0 < seq < 1 << 63):
                         self.last_seq.note(sender, seq)
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        if not records:
-            return
-        if self.text:
-            lines = [(_text_line(r) + "\n").encode("utf-8", "replace") for r in records]
-        else:
-            lines = [(json.dumps(r, default=repr) + "\n").encode() for r in records]
-        if self._fd < 0:
-            assert self._stream is not None
-            self._stream.write(b"".join(lines))
-            self._stream.flush()
-            return
-        if not self.max_bytes:
-            self._write_fd(b"".join(lines))
-            return
-        # Rotate at line boundaries so that no file grows past max_bytes (a single line
-        # longer than that gets a file of its own).
-        chunk: list[bytes] = []
-        size = self._size
-        for line in lines:
-            if size and size + len(line) > self.max_bytes:
-                self._write_fd(b"".join(chunk))
-                chunk = []
-                self._rotate()
-                size = 0
-            chunk.append(line)
+    def write(self, records: list[dict[str, Any]]) -> bool:
+        """Queue *records* and write; True when nothing is left unwritten."""
+        encode = _text_line if self.text else _json_line
+        self._pending += [(encode(r) + "\n").encode("utf-8", "replace") for r in records]
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write what is queued; True when all of it is written (and fsynced)."""
+        try:
+            if self._unsynced:
+                os.fsync(self._fd)
+                self._unsynced = False
+            while self._pending:
+                if self._fd < 0:
+                    self._write_stream()
+                else:
+                    self._write_chunk()
+        except OSError as exc:
+            self.error = exc
+            return False
+        self.error = None
+        return True
+
+    def _write_stream(self) -> None:
+        assert self._stream is not None
+        data = b"".join(self._pending)[self._offset :]
+        # A stream reports no partial write: on an error everything is retried (the
+        # stream is an embedding program's object; files and stdout use os.write).
+        self._stream.write(data)
+        self._stream.flush()
+        self.lines_written += len(self._pending)
+        self._pending, self._offset = [], 0
+
+    def _write_chunk(self) -> None:
+        # Lines up to the next rotation point, written from where the last try stopped.
+        # Rotation happens at line boundaries, so no file grows past max_bytes (a single
+        # line longer than that gets a file of its own).
+        if self.max_bytes and self._offset == 0 and (
+            self._renamed or (self._size and self._size + len(self._pending[0]) > self.max_bytes)
+        ):
+            self._rotate()
+        count, size = 0, self._size - self._offset
+        for line in self._pending:
+            if count and self.max_bytes and size + len(line) > self.max_bytes:
+                break
+            count += 1
             size += len(line)
-        self._write_fd(b"".join(chunk))
-        if self._size >= self.max_bytes:
+        data = memoryview(b"".join(self._pending[:count]))[self._offset :]
+        while data:
+            n = os.write(self._fd, data)
+            data = data[n:]
+            self._size += n
+            self._consume(n)
+        if self.fsync:
+            self._unsynced = True
+            os.fsync(self._fd)
+            self._unsynced = False
+        if self.max_bytes and self._size >= self.max_bytes and not self._pending:
             self._rotate()
 
-    def _write_fd(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self.fsync and data:
-            os.fsync(self._fd)
-        self._size += len(data)
+    def _consume(self, n: int) -> None:
+        offset = self._offset + n
+        done = 0
+        for line in self._pending:
+            if offset < len(line):
+                break
+            offset -= len(line)
+            done += 1
+        if done:
+            del self._pending[:done]
+            self.lines_written += done
+        self._offset = offset
 
     def _rotate(self) -> None:
+        # Renames first, then open the new file, then close the old one: a failure at any
+        # step (no inode left, EMFILE) leaves a state the next try completes.
         assert self.path is not None
-        os.close(self._fd)
         base = pathlib.Path(self.path)
-        if self.backup_count > 0:
-            for i in range(self.backup_count - 1, 0, -1):
-                src = base.with_name(f"{base.name}.{i}")
-                if src.exists():
-                    src.replace(base.with_name(f"{base.name}.{i + 1}"))
-            base.replace(base.with_name(f"{base.name}.1"))
-        else:
-            base.unlink()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if not self._renamed:
+            if self.backup_count > 0:
+                for i in range(self.backup_count - 1, 0, -1):
+                    src = base.with_name(f"{base.name}.{i}")
+                    if src.exists():
+                        src.replace(base.with_name(f"{base.name}.{i + 1}"))
+                base.replace(base.with_name(f"{base.name}.1"))
+            else:
+                base.unlink()
+            self._renamed = True
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.close(self._fd)
+        self._fd = fd
         self._size = 0
+        self._renamed = False
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if self._own_fd and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         elif self._stream is not None:
-            self._stream.flush()
+            try:
+                self._stream.flush()
+            except (OSError, ValueError) as exc:  # kept for the summary, like any write error
+                self.error = OSError(str(exc))
+
+
+class _TooLarge(ProtocolError):
+    """A stdlib-wire length prefix above ``max_frame_bytes``."""
 
 
 class _Conn:
-    __slots__ = ("head", "mplog", "pickle", "sock")
+    __slots__ = (
+        "deadline", "draining", "events", "frames", "head", "mplog", "out", "peer", "pickle",
+        "sock", "unacked",
+    )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
         self.sock = sock
+        self.peer = peer
         self.head = b""
         self.mplog: ServerConnection | None = None
         self.pickle: FrameSplitter | None = None
+        self.deadline = deadline  # closed (idle_timeout) if no frame completes before it
+        self.frames = 0  # stdlib-wire frames completed
+        self.out = bytearray()  # answers the peer has not taken yet
+        self.unacked = 0  # mplog wire: highest seq written late, to acknowledge on resume
+        self.draining = False  # refused: reading and discarding until EOF or deadline
+        self.events = 0  # what the selector watches for this socket (0: not registered)
+
+    def wire(self) -> str:
+        if self.mplog is not None:
+            sender = self.mplog.sender
+            return f"mplog wire, sender {sender}" if sender else "mplog wire"
+        return "pickle wire" if self.pickle is not None else "wire not known yet"
+
+
+def _peer_name(addr: object) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"{addr[0]}:{addr[1]}"
+    return one_line(addr) if addr else "unix socket peer"
 
 
 class Collector:
@@ -250,13 +479,40 @@ class Collector:
         host, port: TCP address to listen on (``port=0``: any free port); or
         unix: a Unix socket path instead.
         output: a file path (appended to), ``"-"`` for stdout, or a binary stream.
-        hmac_key / hmac_key_file: require HMAC-signed mplog frames with this key.
+        hmac_key / hmac_key_file: require HMAC-signed mplog frames with this key (the
+            stdlib wire, which cannot be signed, is then refused with a one-line reason
+            starting with :data:`REFUSAL_PREFIX`).
         text: write human-readable lines instead of JSON.
         max_bytes, backup_count: rotate the output file at *max_bytes* (0: never).
         fsync: fsync the output before each acknowledgement.
+        max_connections: connections open at once; one more is accepted and closed.
+        idle_timeout: seconds a connection may go without completing a frame (an idle
+            one, or one trickling a partial frame) before it is closed.
+        max_frame_bytes: largest frame on either wire (default 1 MiB,
+            ``mplog._limits.COLLECTOR_FRAME``: every frame mplog itself sends fits); at
+            least 1024 for the mplog wire's handshake.
 
     The socket is bound by the constructor (``address`` is known at once); serve with
     :meth:`serve_forever` (blocking) or :meth:`start` (a thread); :meth:`stop` ends it.
+
+    ``stats`` is a dict of counters (only ever increasing, except ``open_connections``
+    and ``pending``)::
+
+        connections         connections accepted (refused ones included)
+        open_connections    connections open now
+        records             records written to the output
+        pending             records read but not yet written (the output is failing)
+        duplicates          mplog-wire records not written again (already in the output)
+        bad_frames          connections closed for a bad frame (every refusals_* but
+                            max_connections, idle_timeout and slow_reader)
+        torn_frames         stdlib-wire connections that ended inside a frame
+        torn_repaired       1 if a torn last line was removed from the output at start
+        refusals_<reason>   connections closed for <reason>, one of REFUSAL_REASONS
+        output_stalls       times the output failed and reading stopped
+        write_errors        failed tries to write the output (first one and retries)
+        lost_on_exit        records read but never written: the output still failed at stop
+        diagnostics_suppressed  stderr lines left out by the rate limit
+        diagnostics_dropped     stderr lines left out because stderr was full
     """
 
     def __init__(
@@ -273,19 +529,40 @@ class Collector:
         backup_count: int = 5,
         fsync: bool = False,
         window: int = DEFAULT_WINDOW,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_frame_bytes: int = MAX_PICKLE_FRAME,
     ) -> None:
         self.key = load_key(hmac_key, hmac_key_file)
         if max_bytes < 0 or backup_count < 0:
             raise ConfigError("max_bytes and backup_count must be >= 0")
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
+        if not (isinstance(idle_timeout, int | float) and math.isfinite(idle_timeout)
+                and idle_timeout > 0):
+            raise ConfigError(
+                f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}"
+            )
+        if max_frame_bytes < MIN_FRAME_LIMIT:
+            raise ConfigError(
+                f"max_frame_bytes must be at least {MIN_FRAME_LIMIT}, got {max_frame_bytes}"
+            )
         self.window = window
+        self.max_connections = max_connections
+        self.idle_timeout = float(idle_timeout)
+        self.max_frame_bytes = max_frame_bytes
+        self.diag = _Diagnostics()
+        fd = -1
         if isinstance(output, str):
             path = None if output == "-" else output
-            stream = sys.stdout.buffer if output == "-" else None
+            stream = None
+            if output == "-":
+                fd = 1  # os.write on stdout: a partial write is known, as for a file
         else:
             path, stream = None, output
         try:
             self._out = _Output(path, stream, text=text, max_bytes=max_bytes,
-                                backup_count=backup_count, fsync=fsync)
+                                backup_count=backup_count, fsync=fsync, fd=fd)
         except OSError as exc:
             raise ConfigError(f"cannot open output {output!r}: {exc}") from exc
         try:
@@ -306,15 +583,24 @@ class Collector:
         self._lsock.setblocking(False)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._lsock, selectors.EVENT_READ, None)
+        self._listening = True
+        self._accept_again = 0.0  # monotonic time to listen again after EMFILE
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopping = False
+        self._stalled_since: float | None = None
+        self._next_retry = 0.0
+        self._next_sweep = 0.0
         self._thread: threading.Thread | None = None
         self._conns: dict[socket.socket, _Conn] = {}
         self.stats: dict[str, int] = {
-            "connections": 0, "records": 0, "duplicates": 0, "bad_frames": 0, "torn_frames": 0,
+            "connections": 0, "open_connections": 0, "records": 0, "pending": 0,
+            "duplicates": 0, "bad_frames": 0, "torn_frames": 0,
             "torn_repaired": self._out.torn_repaired,
+            **{f"refusals_{r}": 0 for r in REFUSAL_REASONS},
+            "output_stalls": 0, "write_errors": 0, "lost_on_exit": 0,
+            "diagnostics_suppressed": 0, "diagnostics_dropped": 0,
         }
 
     @property
@@ -337,94 +623,265 @@ class Collector:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)
 
+    def summary(self) -> str:
+        """One line: what this collector did (printed at exit by ``mplog serve``)."""
+        st = self.stats
+        refused = " ".join(
+            f"{r}={st[f'refusals_{r}']}" for r in REFUSAL_REASONS if st[f"refusals_{r}"]
+        )
+        text = (
+            f"stopped: {st['records']} records written, {st['duplicates']} duplicates "
+            f"suppressed, {st['connections']} connections, refusals: {refused or 'none'}"
+        )
+        if st["output_stalls"]:
+            text += f", output failed {st['output_stalls']} times"
+        if st["lost_on_exit"]:
+            text += f", {st['lost_on_exit']} records read but NOT written (output failing)"
+        if st["diagnostics_suppressed"] or st["diagnostics_dropped"]:
+            text += (f", {st['diagnostics_suppressed'] + st['diagnostics_dropped']} "
+                     "diagnostic lines suppressed")
+        return text
+
     def serve_forever(self) -> None:
         try:
             while not self._stopping:
-                for key, _ in self._sel.select(1.0):
+                for key, mask in self._sel.select(self._timeout()):
                     if key.data is None:
                         self._accept()
                     elif key.data == "wake":
-                        continue
+                        self._drain_wake()
                     else:
-                        self._read(key.data)
+                        conn: _Conn = key.data
+                        if mask & selectors.EVENT_WRITE and conn.sock in self._conns:
+                            self._flush_out(conn)
+                        if (mask & selectors.EVENT_READ and conn.sock in self._conns
+                                and self._stalled_since is None):
+                            self._read(conn)
+                self._housekeeping()
         finally:
             self._close()
 
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # nothing more to drain
+            while self._wake_r.recv(64):
+                pass
+
+    def _timeout(self) -> float:
+        if self._stalled_since is not None:
+            return max(0.0, min(1.0, self._next_retry - time.monotonic()))
+        return 0.5
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self._stalled_since is not None and now >= self._next_retry:
+            self._retry_output()
+        if not self._listening and now >= self._accept_again:
+            self._sel.register(self._lsock, selectors.EVENT_READ, None)
+            self._listening = True
+        if now >= self._next_sweep:
+            self._next_sweep = now + min(0.5, self.idle_timeout / 4)
+            if self._stalled_since is None:  # while stalled nobody is read: nobody is idle
+                for conn in list(self._conns.values()):
+                    if now >= conn.deadline:
+                        if conn.draining:
+                            self._drop(conn, "refused (the peer did not close)")
+                        else:
+                            self._refuse(conn, "idle_timeout",
+                                         f"no complete frame for {self.idle_timeout:g} s")
+            self.diag.tick()
+        self.stats["diagnostics_suppressed"] = self.diag.suppressed
+        self.stats["diagnostics_dropped"] = self.diag.dropped
+
     def _close(self) -> None:
         for conn in list(self._conns.values()):
-            self._drop(conn)
+            self._drop(conn, "collector stopping")
         self._sel.close()
         self._lsock.close()
         if self.unix is not None:
             pathlib.Path(self.unix).unlink(missing_ok=True)
+        if not self._out.flush():
+            self.stats["lost_on_exit"] = self._out.pending
+            self.diag.write(f"output still failing at stop ({self._out.error}): "
+                            f"{self._out.pending} records were read but not written")
+        self._sync_records()
         self._out.close()
+        self.diag.tick(final=True)
         self._wake_r.close()
         self._wake_w.close()
+        self.stats["diagnostics_suppressed"] = self.diag.suppressed
+        self.stats["diagnostics_dropped"] = self.diag.dropped
+
+    # -- connections -------------------------------------------------------------------
 
     def _accept(self) -> None:
         while True:
             try:
-                sock, _ = self._lsock.accept()
+                sock, addr = self._lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                sys.stderr.write(f"mplog serve: accept failed: {exc}\n")
+                # Out of descriptors (EMFILE) leaves the listening socket readable: stop
+                # listening for a second rather than spin.
+                self.diag.say("accept", f"accept failed: {exc}; pausing accepts for 1 s")
+                self._sel.unregister(self._lsock)
+                self._listening = False
+                self._accept_again = time.monotonic() + 1.0
                 return
-            sock.setblocking(False)
-            conn = _Conn(sock)
-            self._conns[sock] = conn
-            self._sel.register(sock, selectors.EVENT_READ, conn)
-            self.stats["connections"] += 1
+            self._admit(sock, _peer_name(addr))
 
-    def _drop(self, conn: _Conn) -> None:
-        if self._conns.pop(conn.sock, None) is not None:
+    def _admit(self, sock: socket.socket, peer: str) -> None:
+        self.stats["connections"] += 1
+        if len(self._conns) >= self.max_connections:
+            self._count_refusal("max_connections")
+            self.diag.say("max_connections", f"refused {peer}: {self.max_connections} "
+                          "connections are open (--max-connections)")
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock, peer, time.monotonic() + self.idle_timeout)
+        self._conns[sock] = conn
+        self.stats["open_connections"] = len(self._conns)
+        self._update(conn)
+        self.diag.say("connect", f"connection from {peer}")
+
+    def _update(self, conn: _Conn) -> None:
+        """Watch *conn* for what it needs now: reads unless the output is failing,
+        writes while answers are queued."""
+        events = 0
+        if self._stalled_since is None:
+            events |= selectors.EVENT_READ
+        if conn.out:
+            events |= selectors.EVENT_WRITE
+        if events == conn.events:
+            return
+        if conn.events and events:
+            self._sel.modify(conn.sock, events, conn)
+        elif events:
+            self._sel.register(conn.sock, events, conn)
+        else:
             self._sel.unregister(conn.sock)
+        conn.events = events
+
+    def _drop(self, conn: _Conn, why: str) -> None:
+        if self._conns.pop(conn.sock, None) is not None:
+            if conn.events:
+                self._sel.unregister(conn.sock)
+                conn.events = 0
+            self.stats["open_connections"] = len(self._conns)
+            self.diag.say("disconnect", f"closed {conn.peer} ({conn.wire()}): {why}")
         conn.sock.close()
 
+    def _count_refusal(self, reason: str) -> None:
+        self.stats[f"refusals_{reason}"] += 1
+        if reason not in ("max_connections", "idle_timeout", "slow_reader"):
+            self.stats["bad_frames"] += 1
+
+    def _refuse(self, conn: _Conn, reason: str, why: str) -> None:
+        self._count_refusal(reason)
+        self.diag.say(reason, f"closing {conn.peer} ({conn.wire()}): {why}")
+        self._drop(conn, f"refused ({reason})")
+
     def _bad(self, conn: _Conn, exc: Exception) -> None:
-        self.stats["bad_frames"] += 1
-        sys.stderr.write(f"mplog serve: closing a connection: {exc}\n")
+        reason = self._reason(conn, exc)
         if conn.mplog is not None:
-            self._send(conn, conn.mplog.error(str(exc)))
-        self._drop(conn)
+            # The peer's own bytes can be in the message: cut it like a stderr line.
+            self._send(conn, conn.mplog.error(one_line(str(exc), DIAG_LIMIT)))
+            if conn.sock not in self._conns:
+                return  # the send failed and dropped it
+        self._refuse(conn, reason, str(exc))
+
+    @staticmethod
+    def _reason(conn: _Conn, exc: Exception) -> str:
+        if isinstance(exc, _TooLarge):
+            return "frame_too_large"
+        if conn.pickle is not None:
+            return "bad_record" if isinstance(exc, ShapeError) else "bad_pickle"
+        # The mplog wire's errors carry no type for their cause (yet): its messages name it.
+        text = str(exc)
+        if "(limit " in text:
+            return "frame_too_large"
+        return "hmac" if "HMAC" in text else "protocol"
 
     def _send(self, conn: _Conn, data: bytes) -> bool:
-        try:
-            conn.sock.setblocking(True)
-            conn.sock.settimeout(5.0)
-            conn.sock.sendall(data)
-            conn.sock.setblocking(False)
-        except OSError:
-            self._drop(conn)
+        """Queue *data* for *conn* and send what the socket takes now (never blocks);
+        False if the connection was dropped (send failed, or too much left unread)."""
+        if not conn.out:
+            try:
+                n = conn.sock.send(data)
+            except _WANT:
+                n = 0
+            except OSError as exc:
+                self._drop(conn, f"send failed: {exc}")
+                return False
+            data = data[n:]
+        conn.out += data
+        if len(conn.out) > MAX_OUTBOUND:
+            self._refuse(conn, "slow_reader", f"{len(conn.out)} bytes of answers left unread")
             return False
+        self._update(conn)
         return True
+
+    def _flush_out(self, conn: _Conn) -> None:
+        try:
+            n = conn.sock.send(conn.out)
+        except _WANT:
+            return
+        except OSError as exc:
+            self._drop(conn, f"send failed: {exc}")
+            return
+        del conn.out[:n]
+        self._update(conn)
+
+    def _refuse_pickle_wire(self, conn: _Conn) -> None:
+        # Said in a way the sender sees: one ASCII line, then our half of the connection
+        # closed; what the peer still sends is read and discarded until it closes (or
+        # DRAIN_SECONDS), so that the close is a FIN the line arrives before, not a RST.
+        reason = (b"this collector requires HMAC-signed mplog-wire frames; "
+                  b"the stdlib (pickle) wire cannot be signed")
+        self._count_refusal("pickle_needs_hmac")
+        self.diag.say("pickle_needs_hmac", f"closing {conn.peer}: a stdlib-wire (pickle) "
+                      "connection, refused: this collector requires HMAC-signed mplog frames")
+        try:
+            conn.sock.send(REFUSAL_PREFIX + reason + b"\n")
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._drop(conn, f"refused (pickle_needs_hmac); could not say why: {exc}")
+            return
+        conn.draining = True
+        conn.deadline = time.monotonic() + DRAIN_SECONDS
+
+    # -- reading -------------------------------------------------------------------------
 
     def _read(self, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        except _WANT:
             return
-        except OSError:
-            data = b""
+        except OSError as exc:
+            self._eof(conn, f"connection lost: {exc}")
+            return
+        if conn.draining:
+            if not data:
+                self._drop(conn, "refused (pickle_needs_hmac)")
+            return
         if conn.mplog is None and conn.pickle is None:
             if not data:
-                self._drop(conn)
+                self._drop(conn, "closed by the peer before a whole preamble")
                 return
             conn.head += data
             if len(conn.head) < 4:
                 return
             data, conn.head = conn.head, b""
             if data.startswith(MAGIC[:4]):
-                conn.mplog = ServerConnection(self.key, self.window)
+                conn.mplog = ServerConnection(
+                    self.key, self.window, max_frame=self.max_frame_bytes
+                )
             elif self.key is not None:
-                # The stdlib wire cannot be signed: with a key, only signed senders get in.
-                self._bad(conn, ProtocolError(
-                    "a stdlib-wire (pickle) connection, refused: this collector requires "
-                    "HMAC-signed mplog frames"
-                ))
+                self._refuse_pickle_wire(conn)
                 return
             else:
-                conn.pickle = FrameSplitter(MAX_PICKLE_FRAME)
+                conn.pickle = FrameSplitter(self.max_frame_bytes)
+        before = self._progress(conn)
         try:
             if conn.mplog is not None:
                 self._mplog(conn, conn.mplog, data)
@@ -432,6 +889,73 @@ class Collector:
                 self._pickle(conn, data)
         except ProtocolError as exc:
             self._bad(conn, exc)
+            return
+        if self._progress(conn) != before:
+            conn.deadline = time.monotonic() + self.idle_timeout
+        if not data and conn.sock in self._conns:
+            self._drop(conn, "closed by the peer")
+
+    def _eof(self, conn: _Conn, why: str) -> None:
+        if conn.pickle is not None:
+            with contextlib.suppress(ProtocolError):
+                self._pickle(conn, b"")  # counts a torn frame; nothing else to write
+        self._drop(conn, why)
+
+    @staticmethod
+    def _progress(conn: _Conn) -> tuple[object, ...]:
+        # A complete frame moves one of these; a partial one or nothing moves none.
+        if conn.mplog is not None:
+            return (conn.mplog.sender, conn.mplog.last_seq)
+        return (conn.frames,)
+
+    def _write(self, records: list[dict[str, Any]]) -> bool:
+        """Write *records* (or hold them if the output fails): True if all are written."""
+        ok = self._out.write(records)
+        if not ok:
+            self.stats["write_errors"] += 1
+            self._stall()
+        self._sync_records()
+        return ok
+
+    def _sync_records(self) -> None:
+        self.stats["records"] = self._out.lines_written
+        self.stats["pending"] = self._out.pending
+
+    def _stall(self) -> None:
+        if self._stalled_since is not None:
+            return
+        now = time.monotonic()
+        self._stalled_since = now
+        self._next_retry = now + RETRY_OUTPUT
+        self.stats["output_stalls"] += 1
+        self.diag.write(
+            f"cannot write the output: {self._out.error}; holding {self._out.pending} "
+            "records in memory, not reading from or acknowledging any connection until "
+            f"writing works again (retrying every {RETRY_OUTPUT:g} s)"
+        )
+        for conn in list(self._conns.values()):
+            self._update(conn)
+
+    def _retry_output(self) -> None:
+        assert self._stalled_since is not None
+        pending = self._out.pending
+        ok = self._out.flush()
+        self._sync_records()
+        now = time.monotonic()
+        if not ok:
+            self.stats["write_errors"] += 1
+            self._next_retry = now + RETRY_OUTPUT
+            return
+        self.diag.write(f"the output works again after {now - self._stalled_since:.1f} s: "
+                        f"{pending} held records written; reading and acknowledging again")
+        self._stalled_since = None
+        for conn in list(self._conns.values()):
+            conn.deadline = now + self.idle_timeout
+            if conn.unacked and conn.mplog is not None:
+                top, conn.unacked = conn.unacked, 0
+                if not self._send(conn, conn.mplog.ack(top)):
+                    continue
+            self._update(conn)
 
     def _pickle(self, conn: _Conn, data: bytes) -> None:
         assert conn.pickle is not None
@@ -440,22 +964,21 @@ class Collector:
                 conn.pickle.feed(b"")
             except ProtocolError:
                 self.stats["torn_frames"] += 1  # the client died mid-frame
-            self._drop(conn)
             return
         records = []
         error: ProtocolError | None = None
-        bodies = conn.pickle.feed(data)
+        try:
+            bodies = conn.pickle.feed(data)
+        except ProtocolError as exc:  # the only error of a non-empty feed: a length too big
+            raise _TooLarge(str(exc)) from None
+        conn.frames += len(bodies)
         for body in bodies:
             try:
-                d = safe_unpickle(body)
-                if not isinstance(d, dict):
-                    raise ProtocolError("stdlib-wire frame is not a record dict")
+                records.append(self._clean(decode_record(body, max_chars=2 * self.max_frame_bytes)))
             except ProtocolError as exc:
                 error = exc
                 break
-            records.append(self._row(d))
-        self._out.write(records)
-        self.stats["records"] += len(records)
+        self._write(records)  # held in memory if the output fails: written on resume
         if error is not None:
             raise error
 
@@ -501,20 +1024,31 @@ class Collector:
                     return
             elif isinstance(ev, Close):
                 close = True
-        self._out.write(records)  # durably written before it is acknowledged
+        # Written, or held in memory to be written once the output works again (then
+        # not acknowledged until it is): either way a resend of these is a duplicate.
+        written = self._write(records)
         if marks is not None:
             marks.update(advance)
-        self.stats["records"] += len(records)
-        if top and not self._send(conn, session.ack(top)):
+        if top and not written:
+            conn.unacked = top  # acknowledged when the output works again
+        elif top and not self._send(conn, session.ack(top)):
             return
         if error is not None:
             raise error
         if close:
-            self._drop(conn)
+            self._drop(conn, "closed by the peer (close frame)")
 
     @staticmethod
-    def _row(d: Mapping[str, Any]) -> dict[str, Any]:
-        row = {str(k): v for k, v in d.items() if k not in _DROP}
+    def _clean(row: dict[str, Any]) -> dict[str, Any]:
+        for key in _DROP:
+            row.pop(key, None)
         if "msg" in row and not isinstance(row["msg"], str):
             row["msg"] = str(row["msg"])
         return row
+
+    @staticmethod
+    def _row(d: Mapping[str, Any]) -> dict[str, Any]:
+        # An mplog-wire record is JSON already; bounded like a decoded pickle (depth)
+        # without refusing it: a part too deep becomes a placeholder, so the line can be
+        # written and the record is acknowledged, never lost.
+        return Collector._clean(jsonable(dict(d), strict=False))

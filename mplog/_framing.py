@@ -16,13 +16,20 @@ import struct
 from ._errors import RemoteProtocolError
 from ._limits import INTAKE_FRAME
 
-__all__ = ["HEADER", "MAX_FRAME", "FrameSplitter", "frame"]
+__all__ = ["HEADER", "MAX_FRAME", "REFUSAL_PREFIX", "FrameSplitter", "frame"]
 
 HEADER = struct.Struct(">L")
 
 #: Largest body accepted by default: the intake's limit (``mplog._limits.INTAKE_FRAME``);
 #: a worker cuts a larger record before writing it, so only a non-mplog writer sends more.
 MAX_FRAME = INTAKE_FRAME
+
+
+#: The stdlib wire has no way for a receiver to say no. ``mplog serve`` writes this, then
+#: a one-line ASCII reason and LF, before closing a connection it refuses (a keyed
+#: collector refuses the wire: it cannot be signed); mplog's sender recognises it, so the
+#: records it wrote there are not counted as sent.
+REFUSAL_PREFIX = b"mplog serve refused this connection: "
 
 
 def frame(body: bytes) -> bytes:

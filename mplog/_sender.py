@@ -40,11 +40,12 @@ from collections.abc import Callable
 from ._backoff import Backoff
 from ._buffer import DropReport, FrameBuffer
 from ._errors import LocalProtocolError, ProtocolError, RefusedError
+from ._framing import REFUSAL_PREFIX
 from ._sendstate import Action, SendState
 from ._text import iso_local, one_line
 from ._wires import AckedWire, Session
 
-__all__ = ["REFUSAL_PREFIX", "Sender", "describe", "drop_record"]
+__all__ = ["Sender", "describe", "drop_record"]
 
 #: Seconds a connection has to complete an acknowledged wire's handshake.
 HANDSHAKE_TIMEOUT = 5.0
@@ -61,9 +62,6 @@ SEND_SLICE = 0.5
 #: this time: a keyed ``mplog serve`` refuses the stdlib wire with a line starting with
 #: :data:`REFUSAL_PREFIX` and closes, and those records must not count as sent.
 PROBATION = 0.5
-#: What ``mplog serve`` writes before closing a connection it refuses on a wire that has
-#: no way to say so (the stdlib wire).
-REFUSAL_PREFIX = b"mplog serve refused this connection: "
 #: A sender thread that failed this many times in a row without delivering anything
 #: drops the record at the head of the buffer (counted): it is what keeps failing.
 POISON_FAILURES = 2

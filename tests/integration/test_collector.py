@@ -127,7 +127,13 @@ def test_hmac_right_key_works_wrong_key_refused(tmp_path: pathlib.Path, start_pi
             h.emit(logging.makeLogRecord({"name": "collector.main", "msg": "unsigned"}))
             assert h.sock is not None
             h.sock.settimeout(10)
-            assert h.sock.recv(1) == b""  # the collector closed the connection
+            said = b""
+            while chunk := h.sock.recv(4096):  # until the collector closes the connection
+                said += chunk
+            # One ASCII line with the exact prefix mplog's SocketHandler recognises.
+            assert said.startswith(b"mplog serve refused this connection: "), said
+            assert said.endswith(b"\n") and said.count(b"\n") == 1 and said.isascii(), said
+            assert b"HMAC" in said
         finally:
             h.close()
         assert srv.terminate() == 0
@@ -213,6 +219,11 @@ def test_collector_embedded(tmp_path: pathlib.Path) -> None:
     finally:
         c.stop()
     assert c.stats["records"] == 1
+    from mplog._collector import REFUSAL_REASONS
+
+    # The counters other code exports (Prometheus): every refusal reason has its key.
+    assert all(c.stats[f"refusals_{r}"] == 0 for r in REFUSAL_REASONS)
+    assert c.stats["connections"] == 1 and c.stats["open_connections"] == 0
 
 
 def test_serve_bad_usage_is_one_line(tmp_path: pathlib.Path) -> None:
@@ -224,6 +235,12 @@ def test_serve_bad_usage_is_one_line(tmp_path: pathlib.Path) -> None:
     r = subprocess.run([sys.executable, "-m", "mplog", "serve", "--port", "0", "--hmac-key-file", str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "hmac_key_file" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    for bad in (["--idle-timeout", "0"], ["--idle-timeout", "nan"], ["--max-connections", "0"],
+                ["--max-frame-bytes", "10"]):
+        r = subprocess.run([sys.executable, "-m", "mplog", "serve", "--port", "0", *bad],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (bad, r.stderr)
+        assert bad[0] in r.stderr, (bad, r.stderr)
     _ = time
 
 
@@ -269,3 +286,41 @@ def test_output_rotates_by_size_and_dedupe_reads_the_backups(tmp_path: pathlib.P
         assert sorted(r["q"] for r in lines) == list(range(1, 311))
     finally:
         srv.stop()
+
+
+def test_diagnostics_are_one_escaped_capped_line_and_rate_limited() -> None:
+    from mplog._collector import DIAG_BURST, DIAG_LIMIT, DIAG_PERIOD, _Diagnostics
+
+    now = [100.0]
+    out = io.StringIO()
+    diag = _Diagnostics(clock=lambda: now[0], stream=out)
+    for i in range(DIAG_BURST + 25):
+        diag.say("bad_pickle", f"peer said \n mplog serve: forged {i} \x1b[2J" + "A" * 5000)
+    diag.say("connect", "connection from 127.0.0.1:1")  # another reason has its own budget
+    lines = out.getvalue().splitlines()
+    assert len(lines) == DIAG_BURST + 1
+    assert all(line.startswith("mplog serve: ") for line in lines)
+    assert all("\x1b" not in line and len(line) < DIAG_LIMIT + 60 for line in lines)
+    assert "peer said \\n mplog serve: forged 0 \\x1b[2J" in lines[0]
+    assert diag.suppressed == 25
+    diag.tick()  # the window has not ended: nothing yet
+    assert len(out.getvalue().splitlines()) == DIAG_BURST + 1
+    now[0] += DIAG_PERIOD
+    diag.tick()
+    last = out.getvalue().splitlines()[-1]
+    assert last == f"mplog serve: ... 25 more bad_pickle lines suppressed in {DIAG_PERIOD:g} s"
+    diag.say("bad_pickle", "a new window")
+    assert out.getvalue().splitlines()[-1] == "mplog serve: a new window"
+
+
+def test_text_line_is_one_line_for_any_value() -> None:
+    from mplog._collector import _text_line
+
+    line = _text_line({
+        "created": 1e17, "levelname": "INFO\nCRITICAL", "name": "a\rb", "processName": "p",
+        "process": 1, "msg": "m\x1b[31m", "exc_text": "Trace\nback", "user": "x y", "n": [1, 2],
+        "mplog_seq": 3,
+    })
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert line == ('- INFO\\nCRITICAL a\\rb [p:1] m\\x1b[31m user="x y" n=[1, 2] '
+                    'exc_text=Trace\\nback')

@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="rotated files to keep (default 5)")
     serve.add_argument("--fsync", action="store_true",
                        help="fsync the output before acknowledging records")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-client-ca", metavar="FILE",
+                       help="require client certificates signed by this CA (mutual TLS)")
     return p
 
 
@@ -77,7 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
         collector = Collector(
             args.host, None if args.unix else args.port, unix=args.unix, output=args.output,
             hmac_key_file=args.hmac_key_file, text=args.text, max_bytes=args.max_bytes,
-            backup_count=args.backup_count, fsync=args.fsync,
+            backup_count=args.backup_count, fsync=args.fsync, tls_cert=args.tls_cert,
+            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         )
     except MplogError as exc:
         sys.stderr.write(f"mplog serve: {exc}\n")

@@ -25,6 +25,7 @@ import pathlib
 import pickle
 import selectors
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -34,6 +35,8 @@ from typing import IO, Any
 from ._config import load_key
 from ._errors import ConfigError, ProtocolError
 from ._framing import FrameSplitter
+from ._text import one_line
+from ._tls import HANDSHAKE_TIMEOUT, reason, server_context
 from ._wires.mplog import DEFAULT_WINDOW, MAGIC, Close, Hello, Record, ServerConnection
 
 __all__ = ["Collector"]
@@ -207,6 +210,10 @@ class Collector:
         text: write human-readable lines instead of JSON.
         max_bytes, backup_count: rotate the output file at *max_bytes* (0: never).
         fsync: fsync the output before each acknowledgement.
+        tls_cert, tls_key: serve TLS with this certificate (and key, unless it is in the
+            certificate file); tls_client_ca: also require client certificates signed by
+            this CA (mutual TLS). A failed handshake closes that connection, with one line
+            on stderr, and counts in ``stats["tls_failures"]``.
 
     The socket is bound by the constructor (``address`` is known at once); serve with
     :meth:`serve_forever` (blocking) or :meth:`start` (a thread); :meth:`stop` ends it.
@@ -226,8 +233,16 @@ class Collector:
         backup_count: int = 5,
         fsync: bool = False,
         window: int = DEFAULT_WINDOW,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
     ) -> None:
         self.key = load_key(hmac_key, hmac_key_file)
+        self._tls = server_context(tls_cert, tls_key, tls_client_ca)
+        if self._tls is not None and unix is not None:
+            raise ConfigError("TLS needs a TCP port; --unix sockets are served in the clear")
+        #: Connections whose TLS handshake is under way, and when each must be done.
+        self._handshakes: dict[socket.socket, float] = {}
         if max_bytes < 0 or backup_count < 0:
             raise ConfigError("max_bytes and backup_count must be >= 0")
         self.window = window
@@ -267,7 +282,7 @@ class Collector:
         self._conns: dict[socket.socket, _Conn] = {}
         self.stats: dict[str, int] = {
             "connections": 0, "records": 0, "duplicates": 0, "bad_frames": 0, "torn_frames": 0,
-            "torn_repaired": self._out.torn_repaired,
+            "torn_repaired": self._out.torn_repaired, "tls_failures": 0,
         }
 
     @property
@@ -300,6 +315,8 @@ class Collector:
                         continue
                     else:
                         self._read(key.data)
+                if self._handshakes:
+                    self._expire_handshakes()
         finally:
             self._close()
 
@@ -324,10 +341,86 @@ class Collector:
                 sys.stderr.write(f"mplog serve: accept failed: {exc}\n")
                 return
             sock.setblocking(False)
+            if self._tls is not None:
+                # No handshake here: it needs the client's bytes, and the loop must not
+                # wait for one client. _read() drives it as data arrives.
+                sock = self._tls.wrap_socket(sock, server_side=True,
+                                             do_handshake_on_connect=False)
+                self._handshakes[sock] = time.monotonic() + HANDSHAKE_TIMEOUT
             conn = _Conn(sock)
             self._conns[sock] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
             self.stats["connections"] += 1
+
+    def _handshake(self, conn: _Conn) -> bool:
+        """Drive *conn*'s TLS handshake one step; True once it is complete."""
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._sel.modify(sock, selectors.EVENT_READ, conn)
+            return False
+        except ssl.SSLWantWriteError:
+            self._sel.modify(sock, selectors.EVENT_WRITE, conn)
+            return False
+        except OSError as exc:
+            self._tls_failed(conn, reason(exc))
+            return False
+        del self._handshakes[sock]
+        self._sel.modify(sock, selectors.EVENT_READ, conn)
+        return True
+
+    def _tls_failed(self, conn: _Conn, why: str) -> None:
+        self._handshakes.pop(conn.sock, None)
+        self.stats["tls_failures"] += 1
+        try:
+            host, port = conn.sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "a client"
+        sys.stderr.write(f"mplog serve: TLS handshake with {peer} failed: {one_line(why, 300)}\n")
+        self._drop(conn)
+
+    def _expire_handshakes(self) -> None:
+        now = time.monotonic()
+        for sock, deadline in list(self._handshakes.items()):
+            conn = self._conns.get(sock)
+            if conn is None:
+                self._handshakes.pop(sock, None)
+            elif now >= deadline:
+                self._tls_failed(conn, f"timed out after {HANDSHAKE_TIMEOUT:g} s")
+
+    def _recv(self, conn: _Conn) -> bytes | None:
+        """What *conn* has for us now (b"": EOF or a broken connection; None: nothing
+        yet). Over TLS: the handshake first, then up to READ_SIZE of decrypted data,
+        drained from the TLS layer too (select() does not see bytes it holds)."""
+        sock = conn.sock
+        if not isinstance(sock, ssl.SSLSocket):
+            try:
+                return sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                return b""
+        if sock in self._handshakes and not self._handshake(conn):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size < READ_SIZE:
+            try:
+                chunk = sock.recv(READ_SIZE - size)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, InterruptedError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if not chunks:
+                    return b""
+                break  # the EOF shows again on the next read
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks) if chunks else None
 
     def _drop(self, conn: _Conn) -> None:
         if self._conns.pop(conn.sock, None) is not None:
@@ -353,12 +446,9 @@ class Collector:
         return True
 
     def _read(self, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = self._recv(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if conn.mplog is None and conn.pickle is None:
             if not data:
                 self._drop(conn)

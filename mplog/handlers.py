@@ -14,6 +14,7 @@ import logging.handlers
 import os
 import pickle
 import socket
+import ssl
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from ._record import encode, make_record, prepare_dict
 from ._sender import Sender, drop_record
 from ._spool import SpooledBuffer
 from ._text import safe_repr
+from ._tls import client_tls
 from ._wires import make_wire
 
 __all__ = ["ENV_ADDRESS", "QueueHandler", "QueueListener", "SocketHandler"]
@@ -218,6 +220,15 @@ class SocketHandler(logging.handlers.SocketHandler):
             when the disk is full, the overflow policy applies and counts.
         spool_mode: ``"overflow"`` (default) or ``"all"``.
         jitter: fraction by which each back-off delay is randomly spread.
+        ssl_context, tls_ca_file, tls_cert_file, tls_key_file, tls_server_name: TLS, for
+            every wire (any of them turns it on; TCP only). The server's certificate is
+            verified against ``tls_ca_file`` (else the system's CAs) and its name against
+            ``tls_server_name`` (default: *host*); ``tls_cert_file``/``tls_key_file`` are
+            the client certificate for mutual TLS. ``ssl_context`` replaces the files;
+            an ``SSLContext`` cannot be shipped to the listener process, so such a
+            handler must be built there (a handlers factory). See ``docs/tls.md``.
+            A failed handshake is a failed connection: records wait, ``last_error``
+            says why, the back-off timer decides the next try.
 
     The sender thread starts with :meth:`start` (the mplog listener calls it), or at the
     first ``emit`` when the handler is used on its own.
@@ -238,11 +249,24 @@ class SocketHandler(logging.handlers.SocketHandler):
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = 256 * 1024 * 1024,
         spool_mode: str = "overflow",
+        ssl_context: ssl.SSLContext | None = None,
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
+        tls_server_name: str | None = None,
         **wire_options: Any,
     ) -> None:
         self._wire = make_wire(wire, _resolve_files(wire, wire_options))
         if port is not None and not isinstance(port, int):
             raise ConfigError(f"port must be an int or None, got {port!r}")
+        tls_options = {
+            k: v for k, v in (
+                ("ssl_context", ssl_context), ("tls_ca_file", tls_ca_file),
+                ("tls_cert_file", tls_cert_file), ("tls_key_file", tls_key_file),
+                ("tls_server_name", tls_server_name),
+            ) if v is not None
+        }
+        self._tls = client_tls(host, port, tls_options)
         if overflow not in OVERFLOW_POLICIES:
             raise ConfigError(
                 f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
@@ -259,6 +283,7 @@ class SocketHandler(logging.handlers.SocketHandler):
             "block_timeout": block_timeout,
             "close_timeout": close_timeout,
             "jitter": jitter,
+            **tls_options,
             **wire_options,
         }
         buffer: FrameBuffer
@@ -287,6 +312,12 @@ class SocketHandler(logging.handlers.SocketHandler):
     # Handlers are shipped to the listener process by pickling; locks, threads and
     # sockets are rebuilt there rather than copied.
     def __reduce__(self) -> Any:
+        if self._tls is not None and not self._tls.built:
+            raise ConfigError(
+                f"a SocketHandler for {self.host}:{self.port} with ssl_context= cannot be "
+                "shipped to the listener process (an SSLContext does not pickle): build it "
+                "there, in a handlers factory, or use tls_ca_file=/tls_cert_file=/tls_key_file="
+            )
         keep = ("level", "formatter", "filters", "_name", "retryStart", "retryFactor",
                 "retryMax", "closeOnError")
         state = {k: self.__dict__[k] for k in keep if k in self.__dict__}
@@ -296,7 +327,12 @@ class SocketHandler(logging.handlers.SocketHandler):
         return Backoff(self.retryStart, self.retryFactor, self.retryMax, self.jitter)
 
     def _connect(self) -> socket.socket:
-        return self.makeSocket()
+        sock = self.makeSocket()
+        if self._tls is not None:
+            # The handshake (bounded by its own timeout) is part of connecting: a failure
+            # is a TLSError (an OSError) that the sender counts like a refused connection.
+            sock = self._tls.wrap(sock, f"{self.host}:{self.port}")
+        return sock
 
     def _drop_frame(self, report: DropReport) -> bytes:
         record = drop_record(report, self._sender.name, self._sender.buffer.overflow)

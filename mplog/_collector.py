@@ -241,8 +241,9 @@ class Collector:
         self._tls = server_context(tls_cert, tls_key, tls_client_ca)
         if self._tls is not None and unix is not None:
             raise ConfigError("TLS needs a TCP port; --unix sockets are served in the clear")
-        #: Connections whose TLS handshake is under way, and when each must be done.
-        self._handshakes: dict[socket.socket, float] = {}
+        #: Connections whose TLS handshake is under way: when each must be done, and
+        #: the client's address (for the error line; the peer may be gone by then).
+        self._handshakes: dict[socket.socket, tuple[float, str]] = {}
         if max_bytes < 0 or backup_count < 0:
             raise ConfigError("max_bytes and backup_count must be >= 0")
         self.window = window
@@ -334,7 +335,7 @@ class Collector:
     def _accept(self) -> None:
         while True:
             try:
-                sock, _ = self._lsock.accept()
+                sock, peer = self._lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -346,7 +347,8 @@ class Collector:
                 # wait for one client. _read() drives it as data arrives.
                 sock = self._tls.wrap_socket(sock, server_side=True,
                                              do_handshake_on_connect=False)
-                self._handshakes[sock] = time.monotonic() + HANDSHAKE_TIMEOUT
+                where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a client"
+                self._handshakes[sock] = (time.monotonic() + HANDSHAKE_TIMEOUT, where)
             conn = _Conn(sock)
             self._conns[sock] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
@@ -365,26 +367,21 @@ class Collector:
             self._sel.modify(sock, selectors.EVENT_WRITE, conn)
             return False
         except OSError as exc:
-            self._tls_failed(conn, reason(exc))
+            self._tls_failed(conn, reason(exc, "server"))
             return False
         del self._handshakes[sock]
         self._sel.modify(sock, selectors.EVENT_READ, conn)
         return True
 
     def _tls_failed(self, conn: _Conn, why: str) -> None:
-        self._handshakes.pop(conn.sock, None)
+        _, peer = self._handshakes.pop(conn.sock, (0.0, "a client"))
         self.stats["tls_failures"] += 1
-        try:
-            host, port = conn.sock.getpeername()[:2]
-            peer = f"{host}:{port}"
-        except OSError:
-            peer = "a client"
         sys.stderr.write(f"mplog serve: TLS handshake with {peer} failed: {one_line(why, 300)}\n")
         self._drop(conn)
 
     def _expire_handshakes(self) -> None:
         now = time.monotonic()
-        for sock, deadline in list(self._handshakes.items()):
+        for sock, (deadline, _) in list(self._handshakes.items()):
             conn = self._conns.get(sock)
             if conn is None:
                 self._handshakes.pop(sock, None)
@@ -420,6 +417,10 @@ class Collector:
                 break  # the EOF shows again on the next read
             chunks.append(chunk)
             size += len(chunk)
+        # A record cut by the size limit leaves its rest inside OpenSSL, where select()
+        # cannot see it: take it now.
+        while chunks and sock.pending():
+            chunks.append(sock.recv(sock.pending()))
         return b"".join(chunks) if chunks else None
 
     def _drop(self, conn: _Conn) -> None:

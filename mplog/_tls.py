@@ -57,15 +57,26 @@ TLS13_ACCEPT_WAIT = 1.0
 TLS_OPTIONS = ("ssl_context", "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
 #: Longest reason text kept from an SSL error.
 _REASON_LIMIT = 300
-#: OpenSSL reason codes that deserve a plain word before OpenSSL's own text.
-_HINTS = (
-    ("CERTIFICATE_REQUIRED", "the server requires a client certificate (tls_cert_file=)"),
-    ("ALERT_UNKNOWN_CA", "the server does not trust our client certificate"),
-    ("ALERT_BAD_CERTIFICATE", "the server refused our client certificate"),
-    ("ALERT_CERTIFICATE_UNKNOWN", "the server refused our client certificate"),
-    ("WRONG_VERSION_NUMBER", "the server does not speak TLS here"),
-    ("RECORD_LAYER_FAILURE", "the server does not speak TLS here"),
-)
+#: OpenSSL reason codes that deserve a plain word before OpenSSL's own text, as seen by
+#: a client (an alert names what the server objected to) and by the collector.
+_HINTS = {
+    "client": (
+        ("CERTIFICATE_REQUIRED", "the server requires a client certificate (tls_cert_file=)"),
+        ("ALERT_UNKNOWN_CA", "the server does not trust our client certificate"),
+        ("ALERT_BAD_CERTIFICATE", "the server refused our client certificate"),
+        ("ALERT_CERTIFICATE_UNKNOWN", "the server refused our client certificate"),
+        ("WRONG_VERSION_NUMBER", "the server does not speak TLS here"),
+        ("RECORD_LAYER_FAILURE", "the server does not speak TLS here"),
+    ),
+    "server": (
+        ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "no client certificate, and one is required"),
+        ("ALERT_UNKNOWN_CA", "the client does not trust our certificate"),
+        ("ALERT_BAD_CERTIFICATE", "the client refused our certificate"),
+        ("ALERT_CERTIFICATE_UNKNOWN", "the client refused our certificate"),
+        ("WRONG_VERSION_NUMBER", "the client does not speak TLS"),
+        ("HTTP_REQUEST", "the client does not speak TLS"),
+    ),
+}
 
 
 class TLSError(OSError):
@@ -89,25 +100,28 @@ def _read_file(option: str, path: object) -> str:
     return text
 
 
-def reason(exc: BaseException) -> str:
+def reason(exc: BaseException, side: str = "client") -> str:
     """One line saying why a TLS operation failed, without OpenSSL's decoration
-    (``[SSL: CODE]`` prefixes, ``(_ssl.c:1006)`` suffixes)."""
+    (``[SSL: CODE]`` prefixes, ``(_ssl.c:1006)`` suffixes), as seen from *side*
+    (``"client"`` or ``"server"``)."""
+    closed = ("the server closed the connection (is it a TLS port?)" if side == "client"
+              else "the client closed the connection")
     if isinstance(exc, ssl.SSLCertVerificationError):
         text = f"certificate verify failed: {exc.verify_message}"
     elif isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
-        text = "the server closed the connection (is it a TLS port?)"
+        text = closed
     elif isinstance(exc, TimeoutError):
         text = "timed out"
     elif isinstance(exc, ssl.SSLError):
         text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
         text = re.sub(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\] ", "", text)
         text = re.sub(r" \(_ssl\.c:\d+\)$", "", text)
-        for code, hint in _HINTS:
+        for code, hint in _HINTS[side]:
             if code in (exc.reason or ""):
                 text = f"{hint}: {text}"
                 break
     elif isinstance(exc, ConnectionError):
-        text = "the server closed the connection (is it a TLS port?)"
+        text = closed
     elif isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
     else:
@@ -119,24 +133,30 @@ class _TLSSocket(ssl.SSLSocket):
     """An ``ssl.SSLSocket`` that also takes the ``recv`` flags the sender uses on plain
     sockets: ``MSG_PEEK`` (the decrypted bytes are kept for the next ``recv``) and
     ``MSG_DONTWAIT`` (no wait; ``BlockingIOError`` when nothing is decrypted yet).
-    A record that carries no data (a session ticket, a key update) is not "readable"."""
+    A record that carries no data (a session ticket, a key update) is not "readable".
+
+    ``select()`` sees the kernel's buffer, not OpenSSL's: so every read takes all that
+    OpenSSL has decrypted, and what the caller did not ask for is kept here and returned
+    first next time. A caller that reads until it gets less than it asked for (as the
+    sender does) therefore never leaves bytes behind where ``select()`` cannot see them.
+    """
 
     _peeked: bytes = b""
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        peek = bool(flags & socket.MSG_PEEK)
         if flags & ~(socket.MSG_PEEK | socket.MSG_DONTWAIT):
             raise ValueError(f"unsupported recv flags on a TLS socket: {flags:#x}")
         if not self._peeked:
-            if flags:
-                data = self._recv_now(buflen)
-            else:
-                return super().recv(buflen)
-            if not peek:
-                return data
+            # At least a whole record's worth, so a small peek does not split one.
+            want = max(buflen, 65536)
+            data = self._recv_now(want) if flags else super().recv(want)
+            while data and super().pending():
+                data += super().recv(super().pending())
+            if not data:
+                return b""
             self._peeked = data
         data = self._peeked[:buflen]
-        if not peek:
+        if not flags & socket.MSG_PEEK:
             self._peeked = self._peeked[len(data):]
         return data
 

@@ -106,6 +106,8 @@ def reason(exc: BaseException, side: str = "client") -> str:
     (``"client"`` or ``"server"``)."""
     closed = ("the server closed the connection (is it a TLS port?)" if side == "client"
               else "the client closed the connection")
+    if isinstance(exc, TLSError) and exc.__cause__ is not None:
+        return reason(exc.__cause__, side)  # already mapped once: say it from the source
     if isinstance(exc, ssl.SSLCertVerificationError):
         text = f"certificate verify failed: {exc.verify_message}"
     elif isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
@@ -146,6 +148,22 @@ class _TLSSocket(ssl.SSLSocket):
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         if flags & ~(socket.MSG_PEEK | socket.MSG_DONTWAIT):
             raise ValueError(f"unsupported recv flags on a TLS socket: {flags:#x}")
+        try:
+            return self._recv(buflen, flags)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:  # an alert from the peer, a corrupt record: one line
+            raise TLSError(f"TLS: {reason(exc)}") from exc
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        try:
+            return super().send(data, flags)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            raise TLSError(f"TLS: {reason(exc)}") from exc
+
+    def _recv(self, buflen: int, flags: int) -> bytes:
         if not self._peeked:
             # At least a whole record's worth, so a small peek does not split one.
             want = max(buflen, 65536)

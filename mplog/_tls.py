@@ -119,7 +119,7 @@ def reason(exc: BaseException, side: str = "client") -> str:
         text = re.sub(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\] ", "", text)
         text = re.sub(r" \(_ssl\.c:\d+\)$", "", text)
         for code, hint in _HINTS[side]:
-            if code in (exc.reason or ""):
+            if code in (getattr(exc, "reason", None) or ""):
                 text = f"{hint}: {text}"
                 break
     elif isinstance(exc, ConnectionError):

@@ -314,9 +314,9 @@ class SocketHandler(logging.handlers.SocketHandler):
     def __reduce__(self) -> Any:
         if self._tls is not None and not self._tls.built:
             raise ConfigError(
-                f"a SocketHandler for {self.host}:{self.port} with ssl_context= cannot be "
-                "shipped to the listener process (an SSLContext does not pickle): build it "
-                "there, in a handlers factory, or use tls_ca_file=/tls_cert_file=/tls_key_file="
+                f"SocketHandler({self.host!r}, {self.port}, ssl_context=...): an SSLContext "
+                "does not pickle; build this handler in a handlers factory, or use the "
+                "tls_*_file options"
             )
         keep = ("level", "formatter", "filters", "_name", "retryStart", "retryFactor",
                 "retryMax", "closeOnError")

@@ -476,3 +476,38 @@ def test_serve_reads_what_openssl_holds_after_a_long_read(tmp_path: pathlib.Path
         assert [r["msg"] for r in srv.lines()] == ["b -1"] + [f"b {i}" for i in range(260)]
     finally:
         srv.stop()
+
+
+def test_a_stalled_handshake_blocks_no_one_and_is_closed_at_its_deadline(
+    tmp_path: pathlib.Path, certs: Certs, standalone: Any
+) -> None:
+    """A client that opens a connection to the TLS collector and sends half a ClientHello
+    (or nothing) must not hold up anyone else, and is closed after HANDSHAKE_TIMEOUT."""
+    from mplog._tls import HANDSHAKE_TIMEOUT
+
+    collector = mplog.Collector(port=0, output=str(tmp_path / "out.jsonl"),
+                                tls_cert=certs.server, tls_key=certs.server_key)
+    collector.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", collector.port))
+        half = socket.create_connection(("127.0.0.1", collector.port))
+        half.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
+        t0 = time.monotonic()
+        good = standalone("tls.notblocked", mplog.SocketHandler(
+            "127.0.0.1", collector.port, wire="mplog", tls_ca_file=certs.ca))
+        for i in range(100):
+            good.log.info("served %d", i)
+        good.h.flush(20)
+        assert good.h.stats()["sent"] == 100
+        assert time.monotonic() - t0 < HANDSHAKE_TIMEOUT  # served while the two stall
+        assert collector.stats["tls_failures"] == 0
+        wait_until(lambda: collector.stats["tls_failures"] == 2, HANDSHAKE_TIMEOUT + 5,
+                   "both stalled handshakes closed")
+        assert time.monotonic() - t0 >= HANDSHAKE_TIMEOUT - 0.5
+        for s in (silent, half):
+            s.settimeout(5)
+            assert s.recv(100) == b""  # closed by the collector
+            s.close()
+        assert collector.stats["records"] == 100
+    finally:
+        collector.stop()

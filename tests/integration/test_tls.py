@@ -512,3 +512,21 @@ def test_a_stalled_handshake_blocks_no_one_and_is_closed_at_its_deadline(
         assert collector.stats["records"] == 100
     finally:
         collector.stop()
+
+
+def test_serve_tls_with_hmac_key(tmp_path: pathlib.Path, certs: Certs, start_pipeline: Any) -> None:
+    """TLS and the mplog wire's HMAC together: signed frames inside the TLS session."""
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32))
+    srv = Serve(tmp_path / "out.jsonl", 0, "--tls-cert", certs.server, "--tls-key",
+                certs.server_key, "--hmac-key-file", str(key))
+    try:
+        p = start_pipeline([_fast(mplog.SocketHandler(
+            "127.0.0.1", srv.port, wire="mplog", hmac_key_file=str(key), tls_ca_file=certs.ca))])
+        for i in range(500):
+            logging.getLogger("tls.hmac").info("signed %d", i)
+        assert p.flush(30) and p.stats()["sent"] == 500
+        wait_until(lambda: srv.count() >= 500, 20, "500 lines")
+        assert _msgs(srv.lines(), "tls.hmac") == [f"signed {i}" for i in range(500)]
+    finally:
+        srv.stop()

@@ -1,5 +1,5 @@
-"""Real log receivers as test fixtures: rsyslog (imtcp, imrelp), syslog-ng (``syslog()``
-source) and a plain JSON-lines TCP reader, each in its own process.
+"""Real log receivers as test fixtures: rsyslog (imtcp, imrelp, each also over TLS),
+syslog-ng (``syslog()`` source) and a plain JSON-lines TCP reader, each in its own process.
 
 The configurations and the harness follow ``shared/recipes/real-receivers.md``:
 

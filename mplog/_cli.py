@@ -64,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="close a connection that completes no frame for this long "
                             "(idle, or a slow partial frame; default 60)")
     serve.add_argument("--max-frame-bytes", type=_int_at_least(1024), default=1024 * 1024,
-                       metavar="N", help="largest stdlib-wire frame (default 1048576; the "
-                                         "mplog wire's own limit is 1 MiB)")
+                       metavar="N", help="largest frame on either wire (default 1048576)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-client-ca", metavar="FILE",
+                       help="require client certificates signed by this CA (mutual TLS)")
     return p
 
 
@@ -99,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             backup_count=args.backup_count, fsync=args.fsync,
             max_connections=args.max_connections, idle_timeout=args.idle_timeout,
             max_frame_bytes=args.max_frame_bytes,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         )
     except MplogError as exc:
         sys.stderr.write(f"mplog serve: {exc}\n")

@@ -52,6 +52,8 @@ from ._framing import REFUSAL_PREFIX, FrameSplitter
 from ._limits import COLLECTOR_FRAME
 from ._record import STANDARD_ATTRS
 from ._text import iso_local, one_line, safe_repr
+from ._tls import HANDSHAKE_TIMEOUT, server_context
+from ._tls import reason as tls_reason
 from ._unpickle import ShapeError, decode_record, jsonable
 from ._wires.mplog import (
     DEFAULT_WINDOW,
@@ -443,7 +445,7 @@ class _TooLarge(ProtocolError):
 class _Conn:
     __slots__ = (
         "deadline", "draining", "events", "frames", "head", "mplog", "out", "peer", "pickle",
-        "sock", "unacked",
+        "sock", "tls_wants_write", "unacked",
     )
 
     def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
@@ -458,6 +460,7 @@ class _Conn:
         self.unacked = 0  # mplog wire: highest seq written late, to acknowledge on resume
         self.draining = False  # refused: reading and discarding until EOF or deadline
         self.events = 0  # what the selector watches for this socket (0: not registered)
+        self.tls_wants_write = False  # a TLS handshake waits for the socket to take bytes
 
     def wire(self) -> str:
         if self.mplog is not None:
@@ -491,6 +494,10 @@ class Collector:
         max_frame_bytes: largest frame on either wire (default 1 MiB,
             ``mplog._limits.COLLECTOR_FRAME``: every frame mplog itself sends fits); at
             least 1024 for the mplog wire's handshake.
+        tls_cert, tls_key: serve TLS with this certificate (and key, unless it is in the
+            certificate file); tls_client_ca: also require client certificates signed by
+            this CA (mutual TLS). A failed handshake closes that connection, with one line
+            on stderr, and counts in ``stats["tls_failures"]``.
 
     The socket is bound by the constructor (``address`` is known at once); serve with
     :meth:`serve_forever` (blocking) or :meth:`start` (a thread); :meth:`stop` ends it.
@@ -532,8 +539,17 @@ class Collector:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
         max_frame_bytes: int = MAX_PICKLE_FRAME,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
     ) -> None:
         self.key = load_key(hmac_key, hmac_key_file)
+        self._tls = server_context(tls_cert, tls_key, tls_client_ca)
+        if self._tls is not None and unix is not None:
+            raise ConfigError("TLS needs a TCP port; --unix sockets are served in the clear")
+        #: Connections whose TLS handshake is under way: when each must be done, and
+        #: the client's address (for the error line; the peer may be gone by then).
+        self._handshakes: dict[socket.socket, tuple[float, str]] = {}
         if max_bytes < 0 or backup_count < 0:
             raise ConfigError("max_bytes and backup_count must be >= 0")
         if max_connections < 1:
@@ -601,6 +617,7 @@ class Collector:
             **{f"refusals_{r}": 0 for r in REFUSAL_REASONS},
             "output_stalls": 0, "write_errors": 0, "lost_on_exit": 0,
             "diagnostics_suppressed": 0, "diagnostics_dropped": 0,
+            "tls_failures": 0,
         }
 
     @property
@@ -652,12 +669,17 @@ class Collector:
                         self._drain_wake()
                     else:
                         conn: _Conn = key.data
+                        if conn.sock in self._handshakes:
+                            self._read(conn)  # drives the TLS handshake, either way
+                            continue
                         if mask & selectors.EVENT_WRITE and conn.sock in self._conns:
                             self._flush_out(conn)
                         if (mask & selectors.EVENT_READ and conn.sock in self._conns
                                 and self._stalled_since is None):
                             self._read(conn)
                 self._housekeeping()
+                if self._handshakes:
+                    self._expire_handshakes()
         finally:
             self._close()
 
@@ -738,6 +760,11 @@ class Collector:
             sock.close()
             return
         sock.setblocking(False)
+        if self._tls is not None:
+            # No handshake here: it needs the client's bytes, and the loop must not wait
+            # for one client. _read() drives it as data arrives, within a deadline.
+            sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            self._handshakes[sock] = (time.monotonic() + HANDSHAKE_TIMEOUT, peer)
         conn = _Conn(sock, peer, time.monotonic() + self.idle_timeout)
         self._conns[sock] = conn
         self.stats["open_connections"] = len(self._conns)
@@ -750,7 +777,7 @@ class Collector:
         events = 0
         if self._stalled_since is None:
             events |= selectors.EVENT_READ
-        if conn.out:
+        if conn.out or conn.tls_wants_write:
             events |= selectors.EVENT_WRITE
         if events == conn.events:
             return
@@ -761,6 +788,77 @@ class Collector:
         else:
             self._sel.unregister(conn.sock)
         conn.events = events
+
+    def _handshake(self, conn: _Conn) -> bool:
+        """Drive *conn*'s TLS handshake one step; True once it is complete."""
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            conn.tls_wants_write = False
+            self._update(conn)
+            return False
+        except ssl.SSLWantWriteError:
+            conn.tls_wants_write = True
+            self._update(conn)
+            return False
+        except OSError as exc:
+            self._tls_failed(conn, tls_reason(exc, "server"))
+            return False
+        del self._handshakes[sock]
+        conn.tls_wants_write = False
+        self._update(conn)
+        return True
+
+    def _tls_failed(self, conn: _Conn, why: str) -> None:
+        _, peer = self._handshakes.pop(conn.sock, (0.0, "a client"))
+        self.stats["tls_failures"] += 1
+        self.diag.say("tls", f"TLS handshake with {peer} failed: {why}")
+        self._drop(conn, "TLS handshake failed")
+
+    def _expire_handshakes(self) -> None:
+        now = time.monotonic()
+        for sock, (deadline, _) in list(self._handshakes.items()):
+            conn = self._conns.get(sock)
+            if conn is None:
+                self._handshakes.pop(sock, None)
+            elif now >= deadline:
+                self._tls_failed(conn, f"timed out after {HANDSHAKE_TIMEOUT:g} s")
+
+    def _recv(self, conn: _Conn) -> bytes | None:
+        """What *conn* has for us now (b"": EOF or a broken connection; None: nothing
+        yet). Over TLS: the handshake first, then up to READ_SIZE of decrypted data,
+        drained from the TLS layer too (select() does not see bytes it holds)."""
+        sock = conn.sock
+        if not isinstance(sock, ssl.SSLSocket):
+            try:
+                return sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return None
+        if sock in self._handshakes and not self._handshake(conn):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size < READ_SIZE:
+            try:
+                chunk = sock.recv(READ_SIZE - size)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, InterruptedError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if not chunks:
+                    return b""
+                break  # the EOF shows again on the next read
+            chunks.append(chunk)
+            size += len(chunk)
+        # A record cut by the size limit leaves its rest inside OpenSSL, where select()
+        # cannot see it: take it now.
+        while chunks and sock.pending():
+            chunks.append(sock.recv(sock.pending()))
+        return b"".join(chunks) if chunks else None
+
 
     def _drop(self, conn: _Conn, why: str) -> None:
         if self._conns.pop(conn.sock, None) is not None:
@@ -854,11 +952,11 @@ class Collector:
 
     def _read(self, conn: _Conn) -> None:
         try:
-            data = conn.sock.recv(READ_SIZE)
-        except _WANT:
-            return
+            data = self._recv(conn)
         except OSError as exc:
             self._eof(conn, f"connection lost: {exc}")
+            return
+        if data is None:
             return
         if conn.draining:
             if not data:

@@ -42,6 +42,7 @@ from ._buffer import DropReport, FrameBuffer
 from ._errors import LocalProtocolError, ProtocolError, RefusedError
 from ._framing import REFUSAL_PREFIX
 from ._sendstate import Action, SendState
+from ._tls import TLSError
 from ._text import iso_local, one_line
 from ._wires import AckedWire, Session
 
@@ -69,6 +70,8 @@ POISON_FAILURES = 2
 
 def describe(exc: BaseException, name: str) -> str:
     """One line saying why talking to *name* failed (the one place errors are mapped)."""
+    if isinstance(exc, TLSError):
+        return str(exc)  # already one line naming the receiver (mplog._tls.reason)
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {name}: {exc.strerror or exc}"
     if isinstance(exc, ssl.SSLCertVerificationError):

@@ -14,6 +14,7 @@ import logging.handlers
 import os
 import pickle
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ from ._record import STANDARD_ATTRS, encode, make_record, prepare_dict
 from ._sender import Sender, drop_record
 from ._spool import SpooledBuffer
 from ._text import safe_repr
+from ._tls import client_tls
 from ._wires import make_wire
 
 __all__ = ["ENV_ADDRESS", "QueueHandler", "QueueListener", "SocketHandler"]
@@ -250,6 +252,15 @@ class SocketHandler(logging.handlers.SocketHandler):
             when the disk is full, the overflow policy applies and counts.
         spool_mode: ``"overflow"`` (default) or ``"all"``.
         jitter: fraction by which each back-off delay is randomly spread.
+        ssl_context, tls_ca_file, tls_cert_file, tls_key_file, tls_server_name: TLS, for
+            every wire (any of them turns it on; TCP only). The server's certificate is
+            verified against ``tls_ca_file`` (else the system's CAs) and its name against
+            ``tls_server_name`` (default: *host*); ``tls_cert_file``/``tls_key_file`` are
+            the client certificate for mutual TLS. ``ssl_context`` replaces the files;
+            an ``SSLContext`` cannot be shipped to the listener process, so such a
+            handler must be built there (a handlers factory). See ``docs/tls.md``.
+            A failed handshake is a failed connection: records wait, ``last_error``
+            says why, the back-off timer decides the next try.
 
     The sender thread starts with :meth:`start` (the mplog listener calls it), or at the
     first ``emit`` when the handler is used on its own.
@@ -270,6 +281,11 @@ class SocketHandler(logging.handlers.SocketHandler):
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = 256 * 1024 * 1024,
         spool_mode: str = "overflow",
+        ssl_context: ssl.SSLContext | None = None,
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
+        tls_server_name: str | None = None,
         **wire_options: Any,
     ) -> None:
         self._wire = make_wire(wire, _resolve_files(wire, wire_options))
@@ -278,6 +294,14 @@ class SocketHandler(logging.handlers.SocketHandler):
         self._limit: int = getattr(self._wire, "max_payload", PICKLE_FRAME)
         if port is not None and not isinstance(port, int):
             raise ConfigError(f"port must be an int or None, got {port!r}")
+        tls_options = {
+            k: v for k, v in (
+                ("ssl_context", ssl_context), ("tls_ca_file", tls_ca_file),
+                ("tls_cert_file", tls_cert_file), ("tls_key_file", tls_key_file),
+                ("tls_server_name", tls_server_name),
+            ) if v is not None
+        }
+        self._tls = client_tls(host, port, tls_options)
         if overflow not in OVERFLOW_POLICIES:
             raise ConfigError(
                 f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
@@ -299,6 +323,7 @@ class SocketHandler(logging.handlers.SocketHandler):
             "block_timeout": block_timeout,
             "close_timeout": close_timeout,
             "jitter": jitter,
+            **tls_options,
             **wire_options,
         }
         buffer: FrameBuffer
@@ -327,6 +352,12 @@ class SocketHandler(logging.handlers.SocketHandler):
     # Handlers are shipped to the listener process by pickling; locks, threads and
     # sockets are rebuilt there rather than copied.
     def __reduce__(self) -> Any:
+        if self._tls is not None and not self._tls.built:
+            raise ConfigError(
+                f"SocketHandler({self.host!r}, {self.port}, ssl_context=...): an SSLContext "
+                "does not pickle; build this handler in a handlers factory, or use the "
+                "tls_*_file options"
+            )
         keep = ("level", "formatter", "filters", "_name", "retryStart", "retryFactor",
                 "retryMax", "closeOnError")
         state = {k: self.__dict__[k] for k in keep if k in self.__dict__}
@@ -336,7 +367,12 @@ class SocketHandler(logging.handlers.SocketHandler):
         return Backoff(self.retryStart, self.retryFactor, self.retryMax, self.jitter)
 
     def _connect(self) -> socket.socket:
-        return self.makeSocket()
+        sock = self.makeSocket()
+        if self._tls is not None:
+            # The handshake (bounded by its own timeout) is part of connecting: a failure
+            # is a TLSError (an OSError) that the sender counts like a refused connection.
+            sock = self._tls.wrap(sock, f"{self.host}:{self.port}")
+        return sock
 
     def _drop_payload(self, report: DropReport, head: bytes | None) -> bytes | None:
         record = drop_record(report, self._sender.name, self._sender.buffer.overflow)

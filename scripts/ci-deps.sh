@@ -1,6 +1,6 @@
 #!/bin/sh
 # Debian packages the test suite needs (real receivers and servers): rsyslog with RELP
-# from apt, syslog-ng unpacked beside it (the two packages conflict, so apt will not
+# and TLS from apt, syslog-ng unpacked beside it (the two packages conflict, so apt will not
 # install both; shared/recipes/real-receivers.md), and redis-server as the celery broker.
 # Idempotent and quiet; does nothing when all is there. Needs root, or sudo.
 set -eu
@@ -8,6 +8,10 @@ SNG_ROOT=${MPLOG_SYSLOG_NG_ROOT:-/opt/syslog-ng-root}
 need=""
 command -v rsyslogd >/dev/null 2>&1 || need="$need rsyslog"
 ls /usr/lib/*/rsyslog/imrelp.so >/dev/null 2>&1 || need="$need rsyslog-relp"
+# TLS tests: rsyslog's OpenSSL stream driver (imtcp over TLS; imrelp's TLS is in librelp)
+# and the openssl command line, which makes the test certificates (tests/certs.py).
+ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || need="$need rsyslog-openssl"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need="$need redis-server"
 [ -x "$SNG_ROOT/usr/sbin/syslog-ng" ] || need="$need libivykis0 libnet1 libjson-c5 libglib2.0-0 libwrap0 libpcre3 libcap2"
 [ -z "$need" ] && exit 0

@@ -1,5 +1,5 @@
-"""Real log receivers as test fixtures: rsyslog (imtcp, imrelp), syslog-ng (``syslog()``
-source) and a plain JSON-lines TCP reader, each in its own process.
+"""Real log receivers as test fixtures: rsyslog (imtcp, imrelp, each also over TLS),
+syslog-ng (``syslog()`` source) and a plain JSON-lines TCP reader, each in its own process.
 
 The configurations and the harness follow ``shared/recipes/real-receivers.md``:
 
@@ -213,7 +213,7 @@ def _after_torn_fragment(line: bytes) -> dict[str, Any]:
 _RSYSLOG_CONF = """
 global(workDirectory="{d}/work" maxMessageSize="{max_message_size}"
        parser.escapeControlCharactersOnReceive="off" net.enableDNS="off"
-       processInternalMessages="on")
+       processInternalMessages="on"{global_tls})
 main_queue(queue.type="FixedArray" queue.size="100000" queue.discardSeverity="8"
            queue.timeoutEnqueue="600000")
 module(load="mmpstrucdata")
@@ -251,31 +251,67 @@ FORWARD = """\
          action.resumeRetryCount="-1")"""
 
 
+#: TLS for imtcp: rsyslog's OpenSSL stream driver (``rsyslog-openssl``), its files in
+#: ``global()``; *auth* ``anon`` (any client) or ``x509/name`` (a client certificate
+#: signed by the CA, naming a permitted peer: mutual TLS).
+IMTCP_TLS_GLOBAL = (
+    '\n       defaultNetstreamDriver="ossl" defaultNetstreamDriverCAFile="{ca}"'
+    '\n       defaultNetstreamDriverCertFile="{cert}" defaultNetstreamDriverKeyFile="{key}"'
+)
+IMTCP_TLS_MODULE = ('streamDriver.name="ossl" streamDriver.mode="1" '
+                    'streamDriver.authMode="{auth}"{peers}')
+#: TLS for imrelp (librelp, here with OpenSSL); *auth* ``anon`` (no tls.authMode: any
+#: client) or ``name`` (a client certificate signed by tls.caCert naming a permitted peer).
+IMRELP_TLS_INPUT = ('tls="on" tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}"'
+                    '{auth}')
+
+
 class Rsyslog(Daemon):
     """rsyslogd with one input, ``"imtcp"`` (octet counting and LF framing, detected per
     frame) or ``"imrelp"``, writing JSON lines. *max_message_size*: rsyslog's
     ``maxMessageSize`` (its own default is 8k, i.e. 8096 octets). *forward_port*: also
-    relay every message to another syslog receiver on that port (:data:`FORWARD`)."""
+    relay every message to another syslog receiver on that port (:data:`FORWARD`).
+    *tls*: serve TLS with these certificates (``tests.certs.Certs``); *tls_auth*: how
+    clients are checked (imtcp: ``anon`` or ``x509/name``; imrelp: ``anon`` or ``name``;
+    the permitted peer name is ``localhost``)."""
 
     name = "rsyslog"
 
     def __init__(self, tmp: pathlib.Path, kind: str = "imtcp", port: int = 0,
-                 max_message_size: str = "256k", forward_port: int | None = None) -> None:
+                 max_message_size: str = "256k", forward_port: int | None = None,
+                 tls: Any = None, tls_auth: str = "anon") -> None:
         if not os.path.exists(RSYSLOGD):
             raise AssertionError(f"rsyslogd is not installed: {_INSTALL_HINT}")
         assert kind in ("imtcp", "imrelp"), kind
         self.kind = kind
         self.max_message_size = max_message_size
         self.forward_port = forward_port
+        self.tls = tls
+        self.tls_auth = tls_auth
         super().__init__(tmp, port)
 
     def config(self) -> tuple[str, str]:
         d = self.dir
+        tls, auth = self.tls, self.tls_auth
+        files = {} if tls is None else {"ca": tls.ca, "cert": tls.server, "key": tls.server_key}
+        global_tls = ""
         if self.kind == "imrelp":
-            inp = (f'module(load="imrelp")\n'
-                   f'input(type="imrelp" address="127.0.0.1" port="{self.port}" ruleset="recv")')
+            tls_opts = lib = ""
+            if tls is not None:
+                assert auth in ("anon", "name"), auth
+                mode = ' tls.authMode="name" tls.permittedPeer=["localhost"]' if auth == "name" else ""
+                tls_opts = " " + IMRELP_TLS_INPUT.format(auth=mode, **files)
+                lib = ' tls.tlslib="openssl"'
+            inp = (f'module(load="imrelp"{lib})\n'
+                   f'input(type="imrelp" address="127.0.0.1" port="{self.port}" ruleset="recv"{tls_opts})')
         else:
-            inp = (f'module(load="imtcp" maxSessions="1000")\n'
+            mod = ""
+            if tls is not None:
+                assert auth in ("anon", "x509/name"), auth
+                peers = ' permittedPeer=["localhost"]' if auth == "x509/name" else ""
+                mod = " " + IMTCP_TLS_MODULE.format(auth=auth, peers=peers)
+                global_tls = IMTCP_TLS_GLOBAL.format(**files)
+            inp = (f'module(load="imtcp" maxSessions="1000"{mod})\n'
                    f'input(type="imtcp" address="127.0.0.1" port="{self.port}" listenPortFileName="{d}/port" '
                    f'ruleset="recv" supportOctetCountedFraming="on" ratelimit.interval="0")')
         # For RELP, a Direct queue makes rsyslog write a message before it answers "200 OK"
@@ -284,7 +320,7 @@ class Rsyslog(Daemon):
         opts = 'queue.type="Direct"' if self.kind == "imrelp" else ""
         forward = FORWARD.format(port=self.forward_port) if self.forward_port else ""
         text = _RSYSLOG_CONF.format(d=d, input=inp, ruleset_opts=opts, forward=forward,
-                                    max_message_size=self.max_message_size)
+                                    max_message_size=self.max_message_size, global_tls=global_tls)
         return "rsyslog.conf", text
 
     def argv(self) -> list[str]:

@@ -42,8 +42,8 @@ from ._buffer import DropReport, FrameBuffer
 from ._errors import LocalProtocolError, ProtocolError, RefusedError
 from ._framing import REFUSAL_PREFIX
 from ._sendstate import Action, SendState
-from ._tls import TLSError
 from ._text import iso_local, one_line
+from ._tls import TLSError
 from ._wires import AckedWire, Session
 
 __all__ = ["Sender", "describe", "drop_record"]

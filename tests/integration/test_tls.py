@@ -181,7 +181,7 @@ def test_mutual_tls_wrong_ca_refused_then_right_ca_delivers_everything(
         # The collector sends its CA along (OpenSSL completes the chain from the client
         # CA store), so OpenSSL's words are about that CA rather than a missing issuer.
         assert err in (
-            f"connect: TLS handshake with 127.0.0.1:{srv.port} failed: certificate verify "
+            f"TLS handshake with 127.0.0.1:{srv.port} failed: certificate verify "
             f"failed: {why}" for why in ("self-signed certificate in certificate chain",
                                          "unable to get local issuer certificate")
         ), err
@@ -369,7 +369,7 @@ def test_handshake_with_a_server_that_closes_is_a_delivery_error(
         for i in range(50):
             s.log.info("x %d", i)
         wait_until(lambda: srv.accepted >= 3, 20, "three tries, on the back-off timer")
-        assert s.last_error() == (f"connect: TLS handshake with 127.0.0.1:{srv.port} failed: "
+        assert s.last_error() == (f"TLS handshake with 127.0.0.1:{srv.port} failed: "
                                   "the server closed the connection (is it a TLS port?)")
         st = s.h.stats()
         assert st["buffered"] == 50 and st["sent"] == 0 and st["connected"] == 0
@@ -387,7 +387,7 @@ def test_handshake_with_a_silent_server_times_out(certs: Certs, standalone: Any)
         s.log.info("waits")
         wait_until(s.last_error, 20, "the handshake to time out")
         took = time.monotonic() - t0
-        assert s.last_error() == (f"connect: TLS handshake with 127.0.0.1:{srv.port} failed: "
+        assert s.last_error() == (f"TLS handshake with 127.0.0.1:{srv.port} failed: "
                                   "timed out after 5 s")
         assert 4.5 <= took < 15, took
         assert s.h.stats()["buffered"] == 1 and s.h.stats()["sent"] == 0
@@ -404,7 +404,7 @@ def test_plain_mplog_serve_refuses_a_tls_client(
             "127.0.0.1", srv.port, wire="mplog", tls_ca_file=certs.ca))
         s.log.info("never in the clear")
         wait_until(s.last_error, 20, "a failed handshake")
-        assert s.last_error() == (f"connect: TLS handshake with 127.0.0.1:{srv.port} failed: "
+        assert s.last_error() == (f"TLS handshake with 127.0.0.1:{srv.port} failed: "
                                   "the server closed the connection (is it a TLS port?)")
         assert s.h.stats()["buffered"] == 1
         assert srv.count() == 0

@@ -233,7 +233,12 @@ class IntakeClient:
                 if sock is None:
                     sock = self._sock = self._connect()  # writes the retained records again
                     if sock is None:
-                        return False  # no listener to wait for
+                        # A listener being restarted leaves its socket file (connect is
+                        # refused until the new one binds): wait for it. No file: the
+                        # pipeline was stopped, there is nobody to wait for.
+                        if not os.path.exists(self.address) or time.monotonic() >= deadline:
+                            return False
+                        time.sleep(RETRY_INTERVAL)
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

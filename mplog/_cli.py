@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import __version__
+from . import __version__, _ops
 
 __all__ = ["main"]
 
@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="rotated files to keep (default 5)")
     serve.add_argument("--fsync", action="store_true",
                        help="fsync the output before acknowledging records")
+    _ops.add_subcommands(sub)
     return p
 
 
@@ -101,5 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(workers=args.workers, records=args.records)
     if args.command == "serve":
         return _serve(args)
+    if args.command in _ops.COMMANDS:
+        return _ops.run(args)
     _parser().print_help(sys.stderr)
     return 2

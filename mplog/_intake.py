@@ -35,6 +35,7 @@ import selectors
 import signal
 import socket
 import stat
+import struct
 import sys
 import threading
 import time
@@ -255,12 +256,30 @@ def bind(address: str) -> socket.socket:
     return s
 
 
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process at the other end of a Unix socket (SO_PEERCRED), if known."""
+    try:
+        pid, _, _ = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except (OSError, AttributeError, struct.error):
+        return None  # not Linux, or not a Unix socket: top shows no pid
+    return int(pid)
+
+
 class _Conn:
-    __slots__ = ("sock", "splitter")
+    __slots__ = ("pid", "records", "since", "sock", "splitter")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.splitter = FrameSplitter()
+        #: For ``mplog top``: who is writing, and how much (counted per read, not per record).
+        self.pid = _peer_pid(sock)
+        self.records = 0
+        self.since = time.time()
 
 
 class IntakeServer:
@@ -290,6 +309,10 @@ class IntakeServer:
         self.worker_lost = 0
         self.handler_errors = 0
         self.accepted = 0
+        #: The port of ``GET /metrics`` when the listener serves it (``metrics_port=``).
+        self.metrics_port: int | None = None
+        #: Listeners of this pipeline that ran before this one (the supervisor's restarts).
+        self.incarnation = 0
         self._flushes: list[tuple[socket.socket, float, list[int]]] = []
         self._stop_reply: socket.socket | None = None
         self._stop_reason: str | None = None
@@ -401,6 +424,9 @@ class IntakeServer:
                         return self._bad(sock, exc)
                     self._control(sock, msg)
         if records:
+            conn = self.conns.get(sock)
+            if conn is not None:
+                conn.records += len(records)
             batch, error = decode_records(records)
             self._handle_batch(batch)
             if error is not None:
@@ -450,6 +476,8 @@ class IntakeServer:
             self._stop_reply = sock
             self._stop_reason = "stop requested"
             self._close_timeout = float(msg.get("timeout", 5.0))
+        elif op == "top":
+            self._reply(sock, self.detail(sock))
         elif op == "lost":
             self._worker_lost(msg)
         else:
@@ -506,17 +534,51 @@ class IntakeServer:
             "bad_frames": self.bad_frames,
             "handler_errors": self.handler_errors + self.listener.errors,
             "connections": len(self.conns),
+            "restarts": self.incarnation,
             "pid": os.getpid(),
         }
         for h in self.socket_handlers:
             for k, v in h.stats().items():
                 out[k] += v
+        if self.metrics_port is not None:
+            out["metrics_port"] = self.metrics_port
         p = psutil.Process()
         with p.oneshot():
             out["listener_rss"] = p.memory_info().rss
             cpu = p.cpu_times()
             out["listener_cpu"] = cpu.user + cpu.system
         return out
+
+    def detail(self, asker: socket.socket | None = None) -> dict[str, Any]:
+        """What ``mplog top`` shows: the stats, each worker connection (pid, records read
+        so far) and each handler (for socket handlers: connection state, buffer, the next
+        retry while backing off, the last error). *asker* (the control connection) is
+        left out of the connections."""
+        clients = [
+            {"pid": c.pid, "records": c.records, "since": c.since}
+            for s, c in self.conns.items()
+            if s is not asker
+        ]
+        handlers: list[dict[str, Any]] = []
+        for h in self.handlers:
+            info: dict[str, Any] = {"type": type(h).__name__}
+            if h in self.socket_handlers:
+                sh: Any = h
+                port = sh.port
+                info["target"] = f"{sh.host}:{port}" if port is not None else str(sh.host)
+                info["wire"] = getattr(sh, "wire", None)
+                info.update(sh.stats())
+                info["retry_time"] = sh.retryTime
+                info["last_error"] = sh._sender.last_error
+                info["buffer_records"] = sh._sender.buffer.max_records
+                info["buffer_bytes"] = sh._sender.buffer.max_bytes
+            else:
+                target = getattr(h, "baseFilename", None)
+                if target is not None:
+                    info["target"] = str(target)
+            handlers.append(info)
+        return {"stats": self.stats(), "clients": clients, "handlers": handlers,
+                "time": time.time()}
 
     def _shutdown(self) -> None:
         self.sel.unregister(self.lsock)

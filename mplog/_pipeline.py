@@ -29,13 +29,15 @@ import threading
 import time
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
 from ._listener import ListenerConfig
 from ._listener import main as listener_main
+from ._metrics import check_metrics_port
+from ._stats import Stats
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
 
 __all__ = ["Pipeline", "start", "worker_init"]
@@ -46,6 +48,7 @@ _START_METHODS = ("spawn", "forkserver", "fork")
 _DEFAULT_OPTIONS: dict[str, Any] = {
     "start_method": "spawn",
     "start_timeout": 60.0,
+    "metrics_port": None,
 }
 
 #: Pipelines of this process that are running (started and not yet stopped).
@@ -314,10 +317,10 @@ class Pipeline:
 
     # -- public -------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """Counters of the pipeline (see the contract's Stats table), plus ``restarts``."""
         if self._final_stats is not None:
-            return dict(self._final_stats, restarts=self.restarts)
+            return cast(Stats, dict(self._final_stats, restarts=self.restarts))
         deadline = time.monotonic() + 10.0
         while True:
             try:
@@ -329,7 +332,7 @@ class Pipeline:
                 time.sleep(0.05)  # the listener is being restarted; ask again
         stats = dict(reply["stats"])
         stats["restarts"] = self.restarts
-        return stats
+        return cast(Stats, stats)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record logged before this call was handled and every socket
@@ -450,7 +453,7 @@ def start(
     handlers: Handlers | None = None,
     *,
     config: dict[str, Any] | None = None,
-    level: int = logging.NOTSET,
+    level: int | str = logging.NOTSET,
     address: str | None = None,
     install: bool = True,
     **options: Any,
@@ -470,6 +473,9 @@ def start(
             ``MPLOG_ADDRESS`` for child processes.
         start_method: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``.
         start_timeout: seconds to wait for the listener to become ready (default 60).
+        metrics_port: serve ``GET /metrics`` (Prometheus) on 127.0.0.1 at this port from
+            the listener (0: a free port, see ``stats()["metrics_port"]``); needs
+            ``pip install 'mplog[metrics]'``.
 
     Raises:
         ConfigError: an unknown option, a bad handlers argument, an address that cannot be
@@ -490,7 +496,10 @@ def start(
     address = os.fspath(address)
     try:
         _check_address(address)
-        cfg = ListenerConfig(address=address, handlers=payload, parent_pid=os.getpid())
+        cfg = ListenerConfig(
+            address=address, handlers=payload, parent_pid=os.getpid(),
+            options={"metrics_port": check_metrics_port(opts["metrics_port"])},
+        )
         pipeline = Pipeline(cfg, tmpdir=tmpdir, install=install, level=level, options=opts)
         pipeline._start()
     except BaseException:
@@ -501,7 +510,7 @@ def start(
     return pipeline
 
 
-def worker_init(address: str | None = None, *, level: int = logging.NOTSET) -> None:
+def worker_init(address: str | None = None, *, level: int | str = logging.NOTSET) -> None:
     """Log this process's records into the pipeline at *address* (or ``$MPLOG_ADDRESS``).
 
     Replaces the root logger's handlers with one :class:`mplog.QueueHandler`, sets the
@@ -513,6 +522,7 @@ def worker_init(address: str | None = None, *, level: int = logging.NOTSET) -> N
         ConfigError: neither *address* nor ``MPLOG_ADDRESS`` is set.
     """
     address = resolve_address(address)
+    level = check_level(level)
     root = logging.getLogger()
     root.setLevel(level)
     os.environ[ENV_ADDRESS] = address

@@ -180,15 +180,15 @@ def _process_name(pid: int | None) -> str:
         return "(gone)"
 
 
-def _handler_state(h: Mapping[str, Any], now: float) -> tuple[str, str]:
+def _handler_state(h: Mapping[str, Any], now: float) -> str:
     if "connected" not in h:
-        return "-", "-"
+        return "-"
     if h["connected"]:
-        return "connected", "-"
+        return "connected"
     retry = h.get("retry_time")
     if isinstance(retry, (int, float)):
-        return "back-off", f"in {max(0.0, retry - now):.1f} s"
-    return "connecting", "now"
+        return f"back-off {max(0.0, retry - now):.1f}s"  # the next try, on the one timer
+    return "connecting"
 
 
 def render_top(
@@ -217,15 +217,15 @@ def render_top(
         "  ".join(counter(k) for k in ("received", "handled", "sent")),
         "  ".join(counter(k) for k in ("dropped", "buffered", "reconnects", "connected")),
         "",
-        f"{'HANDLER':<16} {'TARGET':<22} {'STATE':<10} {'BUFFER':>16} {'SENT':>9} "
-        f"{'DROPPED':>8} {'RETRY':>9}  LAST ERROR",
+        f"{'HANDLER':<12} {'TARGET':<18} {'STATE':<14} {'BUFFER':>14} {'SENT':>8} "
+        f"{'DROPPED':>7}  LAST ERROR",
     ]
     for h in detail.get("handlers", []):
-        state, retry = _handler_state(h, now)
+        kind = str(h.get("type", "?")).removesuffix("Handler") or "Handler"
         fill = f"{h['buffered']}/{h.get('buffer_records', '?')}" if "buffered" in h else "-"
         lines.append(
-            f"{h.get('type', '?')[:16]:<16} {str(h.get('target', '-'))[:22]:<22} {state:<10} "
-            f"{fill:>16} {h.get('sent', '-')!s:>9} {h.get('dropped', '-')!s:>8} {retry:>9}  "
+            f"{kind[:12]:<12} {str(h.get('target', '-'))[:18]:<18} {_handler_state(h, now):<14} "
+            f"{fill:>14} {h.get('sent', '-')!s:>8} {h.get('dropped', '-')!s:>7}  "
             f"{_one_line(str(h.get('last_error') or '-'))}"
         )
     lines += ["", f"{'PID':>8} {'PROCESS':<20} {'RECORDS':>10} {'RATE/S':>10}"]
@@ -265,7 +265,10 @@ def _top(address: str, interval: float) -> int:
     prev: dict[str, Any] | None = None
     try:
         while True:
-            size = shutil.get_terminal_size()
+            try:  # the terminal's own size: $COLUMNS may be stale (inherited)
+                size = os.get_terminal_size(out.fileno())
+            except (OSError, ValueError):
+                size = shutil.get_terminal_size()
             lines = render_top(address, detail, prev, names, size.columns)[: size.lines]
             out.write("\x1b[H\x1b[2J" + "\n".join(lines))
             out.flush()

@@ -201,8 +201,10 @@ def _dict_fields(record: logging.LogRecord, event: dict[Any, Any], msg: str) -> 
         key = k if isinstance(k, str) else safe_repr(k)
         if key == "event" and v is text and isinstance(text, str):
             continue  # it is the message
-        if key == "exc_info" and exc_text is None and v:
+        if key == "exc_info" and v:
             ei = _exc_tuple(v)
+            if exc_text is not None and ei is not None:
+                continue  # logger.exception() rendered it already: exc_text has it
             if ei is not None and ei[0] is not None:
                 try:
                     exc_text = _exc_formatter.formatException(ei)

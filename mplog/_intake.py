@@ -42,8 +42,6 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from ._errors import MplogError, ProtocolError
 from ._framing import FrameSplitter
 from ._record import (
@@ -542,6 +540,8 @@ class IntakeServer:
                 out[k] += v
         if self.metrics_port is not None:
             out["metrics_port"] = self.metrics_port
+        import psutil  # here, not at the top: a worker's import of mplog needs no psutil
+
         p = psutil.Process()
         with p.oneshot():
             out["listener_rss"] = p.memory_info().rss

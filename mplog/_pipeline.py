@@ -442,11 +442,10 @@ def check_options(options: dict[str, Any], who: str) -> dict[str, Any]:
 
 def check_level(level: object) -> int:
     """A level as an int, from an int or a name (any case); :class:`ConfigError` if not."""
-    if isinstance(level, str):
-        level = logging.getLevelName(level.upper())
-    if isinstance(level, bool) or not isinstance(level, int):
-        raise ConfigError(f"unknown level {level!r}")
-    return level
+    value = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"unknown level {level!r}")  # the name given, not "Level LOUD"
+    return value
 
 
 def start(

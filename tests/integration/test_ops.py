@@ -321,3 +321,58 @@ def test_top_in_a_terminal(
     subprocess.run([*tmux, "send-keys", "q"], check=True)
     wait_until(rc_file.exists, 20, "mplog top to exit")
     assert rc_file.read_text().strip() == "0"
+
+
+def test_stats_watch_ends_when_the_listener_goes(start_pipeline: Any) -> None:
+    p = start_pipeline([logging.NullHandler()], install=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mplog", "stats", "--watch", "0.2", "--json", p.address],
+        cwd=ROOT, env=env_with_root(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        json.loads(proc.stdout.readline())
+        p.stop()
+        assert proc.wait(30) == 1
+        err = proc.stderr.read()
+        assert len(err.splitlines()) == 1 and err.startswith("mplog stats: listener at "), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+
+
+def test_metrics_survive_a_listener_restart(start_pipeline: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = start_pipeline([logging.NullHandler()], metrics_port=port)
+    assert _scrape(port)["mplog_restarts_total"] == 0
+    old = p.pid
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: p.pid != old, 30, "the supervisor to restart the listener")
+    # the new listener serves the same port (the old one's socket died with it)
+    metrics = wait_until(lambda: _try_scrape(port), 30, "metrics from the new listener")
+    assert metrics["mplog_restarts_total"] == 1 == p.stats()["restarts"]
+    log.warning("after the restart")
+    assert p.flush(20)
+    assert _scrape(port)["mplog_received_total"] == 1
+
+
+def _try_scrape(port: int) -> dict[str, float] | None:
+    try:
+        return _scrape(port)
+    except OSError:
+        return None
+
+
+def test_levels_by_name(start_pipeline: Any) -> None:
+    p = start_pipeline([logging.NullHandler()], level="warning")
+    assert logging.getLogger().level == logging.WARNING
+    mplog.worker_init(p.address, level="debug")
+    assert logging.getLogger().level == logging.DEBUG
+    with pytest.raises(mplog.ConfigError, match="unknown level 'loud'"):
+        mplog.worker_init(p.address, level="loud")

@@ -146,7 +146,8 @@ def _stats(address: str, *, as_json: bool, watch: float | None, out: TextIO) -> 
         now = time.monotonic()
         per_second = rates(prev, stats, now - prev_at) if prev is not None else None
         if as_json:
-            obj: dict[str, Any] = {"time": round(time.time(), 3), "stats": stats}
+            # the stats at the top level (what Pipeline.stats() returns), and when
+            obj: dict[str, Any] = dict(stats, time=round(time.time(), 3))
             if per_second is not None:
                 obj["rates"] = per_second
             out.write(json.dumps(obj, separators=(",", ":")) + "\n")

@@ -111,6 +111,19 @@ def _pickler() -> Any:
             dispatch = dill.Pickler.dispatch.copy()
 
         Pickler.dispatch[types.ModuleType] = save_module
+
+        # A lock arrives as a new, free lock. dill rebuilds an RLock "as it was": a free
+        # one (count 0, owner 0) comes back *held* (_acquire_restore((0, 0))), so every
+        # handler shipped in a list (its Handler.lock) blocked the listener on its first
+        # record, for ever. No thread of the listener can own a lock of this process.
+        def save_rlock(pickler: Any, obj: object) -> None:
+            pickler.save_reduce(threading.RLock, (), obj=obj)
+
+        def save_lock(pickler: Any, obj: object) -> None:
+            pickler.save_reduce(threading.Lock, (), obj=obj)
+
+        Pickler.dispatch[type(threading.RLock())] = save_rlock
+        Pickler.dispatch[type(threading.Lock())] = save_lock
         _PICKLER = Pickler
     return _PICKLER
 

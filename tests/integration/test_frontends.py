@@ -177,3 +177,25 @@ def test_python_json_logger_at_the_listener(start_pipeline: Any, tmp_path: pathl
     assert placed["levelname"] == "INFO" and placed["name"] == "app.orders"
     assert set(placed) == {"asctime", "levelname", "name", "message", "order_id", "amount", "items"}
     assert failed["order_id"] == "A-2" and "RuntimeError: card declined" in failed["exc_info"]
+
+
+def test_json_file_handler_shipped_as_a_list(start_pipeline: Any, tmp_path: pathlib.Path) -> None:
+    """The same recipe with the handler built here and shipped as a list. Its lock must
+    arrive free: dill rebuilt an unheld RLock as held, and the listener hung on the first
+    record (no stats, no stop)."""
+    pytest.importorskip("pythonjsonlogger")
+    from pythonjsonlogger.json import JsonFormatter
+
+    out = tmp_path / "shipped.jsonl"
+    h = logging.FileHandler(out)
+    h.setFormatter(JsonFormatter("{levelname}{message}", style="{"))
+    try:
+        p = start_pipeline([h], level="INFO")
+        for i in range(5):
+            logging.getLogger("app").info("shipped %d", i, extra={"i": i})
+        assert p.flush(10)
+        assert p.stats()["handled"] == 5
+    finally:
+        h.close()  # this process's copy (the listener has its own)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(d["message"], d["i"]) for d in lines] == [(f"shipped {i}", i) for i in range(5)]

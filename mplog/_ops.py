@@ -105,6 +105,10 @@ def rates(prev: Mapping[str, Any], cur: Mapping[str, Any], seconds: float) -> di
     return out
 
 
+def _rate(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _ordered(stats: Mapping[str, Any]) -> list[str]:
     return [k for k in MAIN_KEYS if k in stats] + sorted(k for k in stats if k not in MAIN_KEYS)
 
@@ -125,7 +129,7 @@ def format_stats(stats: Mapping[str, Any], per_second: Mapping[str, float] | Non
     for k in keys:
         line = f"{k + ':':<{width}} {_value(k, stats[k])}"
         if per_second is not None and k in per_second:
-            line = f"{line:<{width + 16}} ({per_second[k]:g}/s)"
+            line = f"{line:<{width + 16}} ({_rate(per_second[k])}/s)"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -208,7 +212,7 @@ def render_top(
 
     def counter(key: str) -> str:
         text = f"{key} {stats.get(key, '-')}"
-        return f"{text} ({per_second[key]:g}/s)" if key in per_second else text
+        return f"{text} ({_rate(per_second[key])}/s)" if key in per_second else text
 
     lines = [
         f"mplog top  {address}  {time.strftime('%H:%M:%S', time.localtime(now))}  (q quits)",

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="rotated files to keep (default 5)")
     serve.add_argument("--fsync", action="store_true",
                        help="fsync the output before acknowledging records")
+    serve.add_argument("--metrics-port", type=_port, metavar="PORT",
+                       help="serve GET /metrics (Prometheus) on 127.0.0.1:PORT")
     _ops.add_subcommands(sub)
     return p
 
@@ -84,13 +86,28 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"mplog serve: {exc}\n")
         return 2
 
+    metrics = None
+    if args.metrics_port is not None:
+        from ._metrics import serve_collector_metrics
+
+        try:
+            metrics = serve_collector_metrics(args.metrics_port, lambda: dict(collector.stats))
+        except MplogError as exc:
+            collector.stop()
+            sys.stderr.write(f"mplog serve: {exc}\n")
+            return 2
+
     def _stop(signum: int, frame: object) -> None:
         collector.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print(f"listening on {collector.address}", flush=True)
-    collector.serve_forever()
+    try:
+        collector.serve_forever()
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0
 
 

@@ -378,3 +378,37 @@ def test_levels_by_name(start_pipeline: Any) -> None:
     assert logging.getLogger().level == logging.DEBUG
     with pytest.raises(mplog.ConfigError, match="unknown level 'loud'"):
         mplog.worker_init(p.address, level="loud")
+
+
+def test_serve_metrics_port(start_pipeline: Any, tmp_path: pathlib.Path) -> None:
+    from tests.helpers import Serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve = Serve(tmp_path / "out.jsonl", 0, "--metrics-port", str(port))
+    try:
+        p = start_pipeline([mplog.SocketHandler("127.0.0.1", serve.port, wire="mplog")])
+        for i in range(33):
+            log.warning("to serve %d", i)
+        assert p.flush(20)
+        wait_until(lambda: serve.count() >= 33, 20, "33 lines from mplog serve")
+        metrics = _scrape(port)
+        assert metrics["mplog_collector_records_total"] == 33
+        assert metrics["mplog_collector_duplicates_total"] == 0
+        assert metrics["mplog_collector_connections_total"] == 1
+        assert serve.terminate() == 0
+    finally:
+        serve.stop()
+
+
+def test_serve_metrics_port_in_use(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = _mplog("serve", "--port", "0", "--output", str(tmp_path / "o.jsonl"),
+                     "--metrics-port", str(port))
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"mplog serve: cannot serve metrics on 127.0.0.1:{port}")
+    assert len(out.stderr.splitlines()) == 1

@@ -29,6 +29,8 @@ def listener_title(argv0: str, parent_pid: int) -> str:
     program = os.path.basename(argv0) or "python"
     if program == "-c":
         program = "python -c"
+    elif program == "__main__.py":  # python -m package: name the package
+        program = os.path.basename(os.path.dirname(argv0)) or program
     return f"mplog: listener for {program} (pid {parent_pid})"
 
 

@@ -412,3 +412,13 @@ def test_serve_metrics_port_in_use(tmp_path: pathlib.Path) -> None:
     assert out.returncode == 2
     assert out.stderr.startswith(f"mplog serve: cannot serve metrics on 127.0.0.1:{port}")
     assert len(out.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("argv0", "program"), [
+    ("/usr/bin/gunicorn", "gunicorn"), ("-c", "python -c"), ("/srv/app/__main__.py", "app"),
+    ("", "python"), ("worker.py", "worker.py"),
+])
+def test_listener_title(argv0: str, program: str) -> None:
+    from mplog._proctitle import listener_title
+
+    assert listener_title(argv0, 42) == f"mplog: listener for {program} (pid 42)"

@@ -5,17 +5,40 @@ process passes them to your handlers, and :class:`mplog.SocketHandler` owns the 
 connection to the receiver, buffering instead of dropping while it is away.
 
 Importing mplog changes nothing: no handler, thread or hook exists until you call
-:func:`mplog.start` or :func:`mplog.worker_init`.
+:func:`mplog.start` or :func:`mplog.worker_init`. It also loads nothing it does not need:
+each public name is imported on first use (module ``__getattr__``), so a worker that only
+logs never loads the collector, psutil or the wire codecs.
 """
 
 from __future__ import annotations
 
-from ._collector import Collector
-from ._errors import ConfigError, MplogError, ProtocolError
-from ._pipeline import Pipeline, start, worker_init
-from .handlers import ENV_ADDRESS, QueueHandler, QueueListener, SocketHandler
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._collector import Collector
+    from ._errors import ConfigError, MplogError, ProtocolError
+    from ._pipeline import Pipeline, start, worker_init
+    from ._stats import Stats
+    from .handlers import ENV_ADDRESS, QueueHandler, QueueListener, SocketHandler
 
 __version__ = "0.1.0"
+
+#: Where each public name lives; imported on first access.
+_LAZY: dict[str, str] = {
+    "Collector": "._collector",
+    "ConfigError": "._errors",
+    "MplogError": "._errors",
+    "ProtocolError": "._errors",
+    "Pipeline": "._pipeline",
+    "start": "._pipeline",
+    "worker_init": "._pipeline",
+    "Stats": "._stats",
+    "ENV_ADDRESS": ".handlers",
+    "QueueHandler": ".handlers",
+    "QueueListener": ".handlers",
+    "SocketHandler": ".handlers",
+}
 
 __all__ = [
     "ENV_ADDRESS",
@@ -27,7 +50,21 @@ __all__ = [
     "QueueHandler",
     "QueueListener",
     "SocketHandler",
+    "Stats",
     "__version__",
     "start",
     "worker_init",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'mplog' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value  # the next access is a plain attribute lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

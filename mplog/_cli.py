@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import __version__
+from . import __version__, _ops
 
 __all__ = ["main"]
 
@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     serve.add_argument("--tls-client-ca", metavar="FILE",
                        help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--metrics-port", type=_port, metavar="PORT",
+                       help="serve GET /metrics (Prometheus) on 127.0.0.1:PORT")
+    _ops.add_subcommands(sub)
     return p
 
 
@@ -108,6 +111,17 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"mplog serve: {exc}\n")
         return 2
 
+    metrics = None
+    if args.metrics_port is not None:
+        from ._metrics import serve_collector_metrics
+
+        try:
+            metrics = serve_collector_metrics(args.metrics_port, lambda: dict(collector.stats))
+        except MplogError as exc:
+            collector.stop()
+            sys.stderr.write(f"mplog serve: {exc}\n")
+            return 2
+
     def _stop(signum: int, frame: object) -> None:
         collector.stop()
 
@@ -117,7 +131,11 @@ def _serve(args: argparse.Namespace) -> int:
     # with a file, the banner is the first stdout line (scripts wait for it).
     banner = sys.stderr if args.output == "-" else sys.stdout
     print(f"listening on {collector.address}", file=banner, flush=True)
-    collector.serve_forever()
+    try:
+        collector.serve_forever()
+    finally:
+        if metrics is not None:
+            metrics.close()
     collector.diag.write(collector.summary(), wait=1.0)
     return 0
 
@@ -130,5 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(workers=args.workers, records=args.records)
     if args.command == "serve":
         return _serve(args)
+    if args.command in _ops.COMMANDS:
+        return _ops.run(args)
     _parser().print_help(sys.stderr)
     return 2

@@ -44,8 +44,6 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from ._errors import ConfigError, MplogError, ProtocolError, RemoteProtocolError
 from ._framing import FrameSplitter
 from ._record import (
@@ -449,16 +447,33 @@ def bind(address: str) -> socket.socket:
     return s
 
 
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process at the other end of a Unix socket (SO_PEERCRED), if known."""
+    try:
+        pid, _, _ = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except (OSError, AttributeError, struct.error):
+        return None  # not Linux, or not a Unix socket: top shows no pid
+    return int(pid)
+
+
 class _Conn:
-    __slots__ = ("ack_out", "records", "sock", "splitter")
+    __slots__ = ("ack_out", "pid", "records", "since", "sock", "splitter")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.splitter = FrameSplitter()
-        #: Record frames handled from this connection; acknowledged to the worker.
+        #: Record frames handled from this connection: acknowledged to the worker (so it
+        #: can forget them), and shown by ``mplog top`` with who is writing.
         self.records = 0
         #: Acknowledgement bytes not yet taken by the kernel.
         self.ack_out = b""
+        self.pid = _peer_pid(sock)
+        self.since = time.time()
 
 
 class IntakeServer:
@@ -488,6 +503,10 @@ class IntakeServer:
         self.worker_lost = 0
         self.handler_errors = 0
         self.accepted = 0
+        #: The port of ``GET /metrics`` when the listener serves it (``metrics_port=``).
+        self.metrics_port: int | None = None
+        #: Listeners of this pipeline that ran before this one (the supervisor's restarts).
+        self.incarnation = 0
         self._flushes: list[tuple[socket.socket, float, list[int]]] = []
         self._stop_reply: socket.socket | None = None
         self._stop_reason: str | None = None
@@ -675,6 +694,8 @@ class IntakeServer:
             self._stop_reply = sock
             self._stop_reason = "stop requested"
             self._close_timeout = msg.get("timeout", 5.0)
+        elif op == "top":
+            self._reply(sock, self.detail(sock))
         elif op == "lost":
             self._worker_lost(msg)
         else:  # check_control lets only known ops through
@@ -733,6 +754,7 @@ class IntakeServer:
             "bad_frames": self.bad_frames,
             "handler_errors": self.handler_errors + self.listener.errors,
             "connections": len(self.conns),
+            "restarts": self.incarnation,
             "pid": os.getpid(),
         }
         last: tuple[float, str] | None = None
@@ -744,12 +766,47 @@ class IntakeServer:
                 last = (at, error)
         out["last_error"] = last[1] if last else None
         out["last_error_at"] = last[0] if last else None
+        if self.metrics_port is not None:
+            out["metrics_port"] = self.metrics_port
+        import psutil  # here, not at the top: a worker's import of mplog needs no psutil
+
         p = psutil.Process()
         with p.oneshot():
             out["listener_rss"] = p.memory_info().rss
             cpu = p.cpu_times()
             out["listener_cpu"] = cpu.user + cpu.system
         return out
+
+    def detail(self, asker: socket.socket | None = None) -> dict[str, Any]:
+        """What ``mplog top`` shows: the stats, each worker connection (pid, records read
+        so far) and each handler (for socket handlers: connection state, buffer, the next
+        retry while backing off, the last error). *asker* (the control connection) is
+        left out of the connections."""
+        clients = [
+            {"pid": c.pid, "records": c.records, "since": c.since}
+            for s, c in self.conns.items()
+            if s is not asker
+        ]
+        handlers: list[dict[str, Any]] = []
+        for h in self.handlers:
+            info: dict[str, Any] = {"type": type(h).__name__}
+            if h in self.socket_handlers:
+                sh: Any = h
+                port = sh.port
+                info["target"] = f"{sh.host}:{port}" if port is not None else str(sh.host)
+                info["wire"] = getattr(sh, "wire", None)
+                info.update(sh.stats())
+                info["retry_time"] = sh.retryTime
+                info["last_error"] = sh._sender.last_error
+                info["buffer_records"] = sh._sender.buffer.max_records
+                info["buffer_bytes"] = sh._sender.buffer.max_bytes
+            else:
+                target = getattr(h, "baseFilename", None)
+                if target is not None:
+                    info["target"] = str(target)
+            handlers.append(info)
+        return {"stats": self.stats(), "clients": clients, "handlers": handlers,
+                "time": time.time()}
 
     def _shutdown(self) -> None:
         self.sel.unregister(self.lsock)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ._errors import ConfigError
 from ._intake import IntakeServer, bind
+from ._proctitle import set_listener_title
 from .handlers import QueueListener, SocketHandler
 
 __all__ = ["ListenerConfig", "main"]
@@ -69,6 +70,7 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
     _set_pdeathsig(signal.SIGUSR1)
     if os.getppid() != cfg.parent_pid:
         return  # the parent died before we got here
+    set_listener_title(cfg.parent_pid)
     try:
         handlers = build_handlers(cfg.handlers)
     except Exception as exc:
@@ -88,6 +90,7 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
     server = IntakeServer(
         lsock, cfg.address, listener, handlers, sockets, parent_pid=cfg.parent_pid
     )
+    server.incarnation = cfg.incarnation
     server.install_signals()
     try:
         listener.start()  # opens spools
@@ -96,6 +99,22 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         pathlib.Path(cfg.address).unlink(missing_ok=True)
         ready.send(("error", str(exc)))
         return
+    metrics = None
+    if cfg.options.get("metrics_port") is not None:
+        from ._metrics import serve_pipeline_metrics
+        try:
+            metrics = serve_pipeline_metrics(cfg.options["metrics_port"], server.stats)
+        except ConfigError as exc:
+            listener.stop()
+            lsock.close()
+            pathlib.Path(cfg.address).unlink(missing_ok=True)
+            ready.send(("error", str(exc)))
+            return
+        server.metrics_port = metrics.port
     ready.send(("ready", os.getpid()))
     ready.close()
-    server.run()
+    try:
+        server.run()
+    finally:
+        if metrics is not None:
+            metrics.close()

@@ -29,13 +29,15 @@ import threading
 import time
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
 from ._listener import ListenerConfig
 from ._listener import main as listener_main
+from ._metrics import check_metrics_port
+from ._stats import Stats
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
 
 __all__ = ["Pipeline", "start", "worker_init"]
@@ -46,6 +48,7 @@ _START_METHODS = ("spawn", "forkserver", "fork")
 _DEFAULT_OPTIONS: dict[str, Any] = {
     "start_method": "spawn",
     "start_timeout": 60.0,
+    "metrics_port": None,
 }
 
 #: Pipelines of this process that are running (started and not yet stopped).
@@ -108,6 +111,19 @@ def _pickler() -> Any:
             dispatch = dill.Pickler.dispatch.copy()
 
         Pickler.dispatch[types.ModuleType] = save_module
+
+        # A lock arrives as a new, free lock. dill rebuilds an RLock "as it was": a free
+        # one (count 0, owner 0) comes back *held* (_acquire_restore((0, 0))), so every
+        # handler shipped in a list (its Handler.lock) blocked the listener on its first
+        # record, for ever. No thread of the listener can own a lock of this process.
+        def save_rlock(pickler: Any, obj: object) -> None:
+            pickler.save_reduce(threading.RLock, (), obj=obj)
+
+        def save_lock(pickler: Any, obj: object) -> None:
+            pickler.save_reduce(threading.Lock, (), obj=obj)
+
+        Pickler.dispatch[type(threading.RLock())] = save_rlock
+        Pickler.dispatch[type(threading.Lock())] = save_lock
         _PICKLER = Pickler
     return _PICKLER
 
@@ -314,10 +330,10 @@ class Pipeline:
 
     # -- public -------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """Counters of the pipeline (see the contract's Stats table), plus ``restarts``."""
         if self._final_stats is not None:
-            return dict(self._final_stats, restarts=self.restarts)
+            return cast(Stats, dict(self._final_stats, restarts=self.restarts))
         deadline = time.monotonic() + 10.0
         while True:
             try:
@@ -329,7 +345,7 @@ class Pipeline:
                 time.sleep(0.05)  # the listener is being restarted; ask again
         stats = dict(reply["stats"])
         stats["restarts"] = self.restarts
-        return stats
+        return cast(Stats, stats)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record logged before this call was handled and every socket
@@ -439,18 +455,17 @@ def check_options(options: dict[str, Any], who: str) -> dict[str, Any]:
 
 def check_level(level: object) -> int:
     """A level as an int, from an int or a name (any case); :class:`ConfigError` if not."""
-    if isinstance(level, str):
-        level = logging.getLevelName(level.upper())
-    if isinstance(level, bool) or not isinstance(level, int):
-        raise ConfigError(f"unknown level {level!r}")
-    return level
+    value = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"unknown level {level!r}")  # the name given, not "Level LOUD"
+    return value
 
 
 def start(
     handlers: Handlers | None = None,
     *,
     config: dict[str, Any] | None = None,
-    level: int = logging.NOTSET,
+    level: int | str = logging.NOTSET,
     address: str | None = None,
     install: bool = True,
     **options: Any,
@@ -470,6 +485,9 @@ def start(
             ``MPLOG_ADDRESS`` for child processes.
         start_method: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``.
         start_timeout: seconds to wait for the listener to become ready (default 60).
+        metrics_port: serve ``GET /metrics`` (Prometheus) on 127.0.0.1 at this port from
+            the listener (0: a free port, see ``stats()["metrics_port"]``); needs
+            ``pip install 'mplog[metrics]'``.
 
     Raises:
         ConfigError: an unknown option, a bad handlers argument, an address that cannot be
@@ -490,7 +508,10 @@ def start(
     address = os.fspath(address)
     try:
         _check_address(address)
-        cfg = ListenerConfig(address=address, handlers=payload, parent_pid=os.getpid())
+        cfg = ListenerConfig(
+            address=address, handlers=payload, parent_pid=os.getpid(),
+            options={"metrics_port": check_metrics_port(opts["metrics_port"])},
+        )
         pipeline = Pipeline(cfg, tmpdir=tmpdir, install=install, level=level, options=opts)
         pipeline._start()
     except BaseException:
@@ -501,7 +522,7 @@ def start(
     return pipeline
 
 
-def worker_init(address: str | None = None, *, level: int = logging.NOTSET) -> None:
+def worker_init(address: str | None = None, *, level: int | str = logging.NOTSET) -> None:
     """Log this process's records into the pipeline at *address* (or ``$MPLOG_ADDRESS``).
 
     Replaces the root logger's handlers with one :class:`mplog.QueueHandler`, sets the
@@ -513,6 +534,7 @@ def worker_init(address: str | None = None, *, level: int = logging.NOTSET) -> N
         ConfigError: neither *address* nor ``MPLOG_ADDRESS`` is set.
     """
     address = resolve_address(address)
+    level = check_level(level)
     root = logging.getLogger()
     root.setLevel(level)
     os.environ[ENV_ADDRESS] = address

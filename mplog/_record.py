@@ -7,6 +7,12 @@ Rules this module keeps:
   would have locally: the merged message (``msg``; ``args`` is dropped), the formatted
   traceback (``exc_text``), ``stack_info`` as text, every standard attribute, and each
   ``extra=`` field: kept as is when JSON can represent it, else replaced by its ``repr()``.
+- A record whose ``msg`` is a ``dict`` (structlog's ``ProcessorFormatter.wrap_for_formatter``
+  logs its event dict that way) travels as data: its keys become top-level fields like
+  extras, its ``"event"`` (when a string) becomes the message, and a key that names a
+  standard attribute travels with a ``_`` appended instead of being lost. The attributes
+  structlog attaches for a formatter in the same process (``_logger``, ``_name``: a logger
+  object and a method name) are not sent: they mean nothing in another process.
 - Encoding never raises: an odd object in ``args`` or ``extra`` degrades to text.
 - Data only: decoding can never run code. A record body is ``b"R"``, the three float
   times as little-endian doubles (exact, and ten times cheaper than printing floats), then
@@ -22,6 +28,7 @@ import json
 import logging
 import operator
 import struct
+import sys
 import traceback
 from json.encoder import (  # type: ignore[attr-defined]
     c_make_encoder,
@@ -167,6 +174,55 @@ def _sanitized(fields: tuple[Any, ...]) -> list[Any]:
     return out
 
 
+#: Attributes structlog's ``wrap_for_formatter`` attaches for a ``ProcessorFormatter`` in the
+#: same process; a record with them and a dict ``msg`` is sent without them (see above).
+_LOCAL_ONLY: tuple[str, ...] = ("_logger", "_name")
+
+
+def _exc_tuple(value: object) -> Any:
+    """structlog's ``exc_info`` event key (True, an exception or a tuple) as a tuple."""
+    if value is True:
+        return sys.exc_info()  # the caller is still in its except block: encode is synchronous
+    if isinstance(value, BaseException):
+        return (type(value), value, value.__traceback__)
+    if isinstance(value, tuple) and len(value) == 3:
+        return value
+    return None
+
+
+def _dict_fields(record: logging.LogRecord, event: dict[Any, Any], msg: str) -> tuple[Any, ...]:
+    """The fields of a record whose ``msg`` is the dict *event* (see the module rules)."""
+    extras = _extras(record) or {}
+    if "_logger" in extras and "_name" in extras:
+        for key in _LOCAL_ONLY:
+            del extras[key]
+    exc_text = _exc_text(record)
+    text = event.get("event")
+    if isinstance(text, str):
+        msg = text
+    for k, v in event.items():
+        key = k if isinstance(k, str) else safe_repr(k)
+        if key == "event" and v is text and isinstance(text, str):
+            continue  # it is the message
+        if key == "exc_info" and v:
+            ei = _exc_tuple(v)
+            if exc_text is not None and ei is not None:
+                continue  # logger.exception() rendered it already: exc_text has it
+            if ei is not None and ei[0] is not None:
+                try:
+                    exc_text = _exc_formatter.formatException(ei)
+                except Exception as exc:  # an exception whose str() raises
+                    exc_text = f"(mplog: traceback formatting failed: {type(exc).__name__})"
+                continue
+        while key in STANDARD_ATTRS or key in extras:
+            key += "_"
+        extras[key] = v
+    return (
+        *_fixed(record), msg, exc_text, record.stack_info, record.__dict__.get("taskName"),
+        extras or None,
+    )
+
+
 def _float_times(record: logging.LogRecord) -> tuple[float, float, float]:
     try:
         created, msecs, relative = _times(record)
@@ -193,8 +249,12 @@ def encode(record: logging.LogRecord) -> bytes:
     except (struct.error, TypeError, AttributeError):
         times = _TIMES.pack(*_float_times(record))
     d = record.__dict__
+    fields: tuple[Any, ...] | None = None
     try:
-        if (
+        if isinstance(record.msg, dict) and not record.args:
+            fields = _dict_fields(record, record.msg, msg)
+            text = _to_json(fields)
+        elif (
             len(d) == _BASE_LEN
             and record.exc_info is None
             and record.exc_text is None
@@ -209,10 +269,11 @@ def encode(record: logging.LogRecord) -> bytes:
                 fixed = _fixed_cache[key] = _to_json(key)[1:-1]
             text = f"[{fixed},{encode_basestring_ascii(msg)},null,null,null,null]"
         else:
-            text = _to_json(_fields(record, msg))
+            fields = _fields(record, msg)
+            text = _to_json(fields)
     except (TypeError, ValueError, RecursionError, OverflowError):
         # Slow path, taken only for records carrying something JSON cannot hold.
-        text = _encode_json(_sanitized(_fields(record, msg)))
+        text = _encode_json(_sanitized(fields if fields is not None else _fields(record, msg)))
     body = b"R" + times + text.encode("ascii")
     if len(body) > INTAKE_RECORD:
         body = _cut_to_intake(record, msg, times)

@@ -89,7 +89,9 @@ class Worker:
         out = []
         for p in self.descendants():
             try:
-                if "multiprocess.spawn" in " ".join(p.cmdline()):
+                # the kernel name mplog gives its listener (the cmdline is retitled
+                # when setproctitle is installed)
+                if p.name() == "mplog-listener" or "multiprocess.spawn" in " ".join(p.cmdline()):
                     out.append(p)
             except psutil.Error:
                 continue

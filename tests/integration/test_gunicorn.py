@@ -373,7 +373,8 @@ def test_listener_sigkilled_under_gunicorn_is_restarted(
         found = []
         for p in psutil.Process(g.pid).children():
             with contextlib.suppress(psutil.Error):  # a process that is just ending
-                if "spawn_main" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                is_listener = p.name() == "mplog-listener" or "spawn_main" in " ".join(p.cmdline())
+                if is_listener and p.status() != psutil.STATUS_ZOMBIE:
                     found.append(p.pid)
         return found
 

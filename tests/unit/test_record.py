@@ -160,3 +160,71 @@ def test_fuzz_json_shaped_garbage_only_protocol_error(value: object) -> None:
         decode_control(text)
     except ProtocolError:
         return
+
+
+# -- a dict as msg (structlog's ProcessorFormatter.wrap_for_formatter) ----------------------
+
+
+class _Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def _dict_record(event: dict[object, object], **extra: object) -> logging.LogRecord:
+    logger = logging.getLogger("unit.record")
+    return logger.makeRecord(logger.name, logging.INFO, __file__, 10, event, (), None, "fn", extra or None)
+
+
+def test_dict_msg_travels_as_fields() -> None:
+    event: dict[object, object] = {
+        "event": "user logged in", "user": "bob", "n": 3, "tags": ["a", "b"],
+        "obj": _Opaque(), "name": "not the logger", 7: "seven",
+    }
+    rec = _dict_record(event)
+    before, event_before = dict(rec.__dict__), dict(event)
+    d = _roundtrip(rec)
+    assert d["msg"] == d["message"] == "user logged in"
+    assert (d["user"], d["n"], d["tags"], d["obj"]) == ("bob", 3, ["a", "b"], "<opaque>")
+    assert "event" not in d  # it is the message
+    assert d["name"] == "unit.record" and d["name_"] == "not the logger"  # renamed, not lost
+    assert d["7"] == "seven"
+    assert rec.__dict__ == before and event == event_before  # the caller's objects untouched
+    fmt = logging.Formatter("%(levelname)s %(message)s user=%(user)s")
+    assert fmt.format(make_record(decode_record(encode(rec)[4:]))) == "INFO user logged in user=bob"
+
+
+def test_dict_msg_without_event_keeps_the_stdlib_message() -> None:
+    d = _roundtrip(_dict_record({"a": 1, "b": "x"}))
+    assert d["msg"] == "{'a': 1, 'b': 'x'}"  # what getMessage() renders locally
+    assert (d["a"], d["b"]) == (1, "x")
+
+
+def test_dict_msg_drops_structlog_local_plumbing() -> None:
+    # wrap_for_formatter passes extra={"_logger": <logger>, "_name": "info"}: meaningful
+    # only to a ProcessorFormatter in the same process.
+    d = _roundtrip(_dict_record({"event": "hi", "k": "v"}, _logger=_Opaque(), _name="info", other=1))
+    assert "_logger" not in d and "_name" not in d
+    assert d["other"] == 1 and d["k"] == "v"
+    # the same extras on an ordinary record are ordinary extras
+    d = _roundtrip(_record(_logger=_Opaque(), _name="info"))
+    assert d["_logger"] == "<opaque>" and d["_name"] == "info"
+
+
+def test_dict_msg_exc_info_becomes_exc_text() -> None:
+    try:
+        raise KeyError("boom")
+    except KeyError as exc:
+        now = _roundtrip(_dict_record({"event": "failed", "exc_info": True}))
+        given_exc = _roundtrip(_dict_record({"event": "failed", "exc_info": exc}))
+    for d in (now, given_exc):
+        assert d["msg"] == "failed"
+        assert isinstance(d["exc_text"], str) and "KeyError: 'boom'" in d["exc_text"]
+        assert d["exc_info"] is None and "exc_info_" not in d
+
+
+def test_dict_msg_with_args_is_an_ordinary_message() -> None:
+    # logging.info({"a": 1}, "x") is not structlog: the dict stays the (odd) format string
+    rec = _dict_record({"a": 1})
+    rec.args = ("x",)
+    d = _roundtrip(rec)
+    assert "a" not in d and "mplog: message formatting failed" in str(d["msg"])

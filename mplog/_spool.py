@@ -195,22 +195,19 @@ class Spool:
             raise
 
     def _read_small(self, name: str) -> str | None:
-        """The text of *name*, None if absent, "" if it is no text of ours."""
+        """The text of *name* (stripped), None if absent or not a regular file (counted)."""
         try:
             fd = self._open_regular(name, os.O_RDONLY)
         except FileNotFoundError:
             return None
         except _NotRegular as exc:
             self._note(f"{exc.strerror}; replaced")
-            return ""
+            return None
         try:
             raw = os.read(fd, _SMALL_FILE)
         finally:
             os.close(fd)
-        try:
-            return raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            return ""
+        return raw.decode("ascii", "replace").strip()  # not ASCII: no id, no number
 
     def _replace(self, name: str, text: str) -> None:
         """Write *name* whole (a temporary file renamed over it). The temporary is
@@ -231,13 +228,13 @@ class Spool:
         epoch_text = self._read_small("epoch")
         fresh = False
         if sender_id is None or not _SENDER_ID.fullmatch(sender_id):
-            if sender_id:
+            if sender_id is not None:
                 self._note(f"sender_id holds {one_line(sender_id, 80)!r}, not an id; "
                            "a new sender id is used")
             fresh = True
         epoch = 0
         if epoch_text is None or not (epoch_text.isdigit() and len(epoch_text) <= 8):
-            if epoch_text:
+            if epoch_text is not None:
                 self._note(f"epoch holds {one_line(epoch_text, 80)!r}, not a number; "
                            "a new sender id is used")
             # Numbering starts again: under the old id the receiver would take the new
@@ -302,8 +299,11 @@ class Spool:
         except FileNotFoundError:
             return None
         except _NotRegular as exc:
-            self._note(f"{exc.strerror}; skipped and removed")
-            self._unlink(n)
+            if stat.S_ISDIR(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
+                self._note(f"{exc.strerror}; skipped (left in place)")
+            else:  # the name only: a symlink's target, a FIFO's writer are untouched
+                self._note(f"{exc.strerror}; skipped and removed")
+                self._unlink(n)
             return None
         except OSError as exc:
             self._note(f"cannot open {name} ({exc.strerror}); skipped")
@@ -705,10 +705,15 @@ class SpooledBuffer(FrameBuffer):
             out.append(f)
             total += len(f)
             i += 1
-        if self.spool is not None and len(out) < max_count and (not out or total < max_bytes):
-            out += self.spool.read(
+        spool = self.spool
+        if spool is not None and len(out) < max_count and (not out or total < max_bytes):
+            lost = spool.lost
+            out += spool.read(
                 i - len(frames), max_count - len(out), max_bytes - total if out else max_bytes
             )
+            # Records found damaged on disk left the queue undelivered (counted in
+            # spool_damaged): they are gone from the buffer, so flush marks move on.
+            self.removed += spool.lost - lost
         return out
 
     def pin_batch(self, max_bytes: int) -> list[bytes]:

@@ -454,7 +454,19 @@ class Spool:
                 self._new_segment()
             except OSError:
                 return False  # ENOSPC, EMFILE, ...: like a full spool, the caller counts
-        start = self._sizes[self._current]
+        try:
+            # Where the record really starts (O_APPEND writes at the end of the file): a
+            # segment cut short by someone else must not misplace the records after it.
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            if start != self._sizes[self._current]:
+                # Cut short or written to by someone else: new records go to a new
+                # segment, so none lands where a queued one was (reads find those
+                # damaged, and count them).
+                self._say(f"{_name(self._current)} changed size while in use; a new segment starts")
+                self._new_segment()
+                start = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            return False  # EIO, ENOSPC and friends: like a full disk, the caller counts
         try:
             view = memoryview(rec)
             while view:

@@ -459,3 +459,19 @@ def test_planted_symlink_is_never_followed(tmp_path: pathlib.Path, name: str) ->
     if name == "epoch":
         assert s.epoch == 1  # numbering starts again under a new sender id
     s.close()
+
+
+def test_current_segment_cut_short_while_running_keeps_later_appends(tmp_path: pathlib.Path) -> None:
+    s = Spool(str(tmp_path), 10_000_000)
+    for i in range(20):
+        s.append(b"before %02d" % i)
+    current = tmp_path / f"{_segment_numbers(tmp_path)[-1]:012d}.seg"
+    os.truncate(current, len(HEADER))  # every record in it cut
+    # Same length as the records cut: one written where a cut one was would be read twice.
+    assert s.append(b"after  01") and s.append(b"after  02")
+    assert s.peek(100) == [b"after  01", b"after  02"]
+    assert s.damaged == 1 and s.lost == 20
+    s.close()
+    s = Spool(str(tmp_path), 10_000_000)
+    assert s.peek(100) == [b"after  01", b"after  02"] and s.damaged == 0
+    s.close()

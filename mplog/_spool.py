@@ -56,7 +56,15 @@ from collections import deque
 
 from ._buffer import FrameBuffer
 from ._errors import ConfigError
-from ._spoolfmt import HEADER, MAX_RECORD, RECORD_OVERHEAD, encode_record, record_at, scan
+from ._spoolfmt import (
+    HEADER,
+    MAX_RECORD,
+    RECORD_OVERHEAD,
+    encode_record,
+    record_at,
+    scan,
+    segment_header,
+)
 from ._text import one_line
 
 __all__ = ["SPOOL_MODES", "Spool", "SpooledBuffer"]
@@ -110,13 +118,22 @@ class Spool:
         self._fd = self._cursor_fd = self._lock_fd = -1
         self._current = -1
         self._next = 1
+        self._max_epoch = 0  # the highest epoch in a segment header
+        self.epoch = 0
         self.payload_bytes = 0
         self._dir_fd = self._open_dir(directory)
         try:
             self._lock()
-            self.sender_id, self.epoch = self._identity()
+            sender_id, epoch = self._read_identity()
             self._cursor_fd = self._open_regular("cursor", os.O_RDWR | os.O_CREAT)
             self._load()
+            self.sender_id, self.epoch = self._settle_identity(sender_id, epoch)
+            self._new_segment()
+            if self._queue:
+                seg, off, _ = self._queue[0]
+                self._write_cursor(seg, off - RECORD_OVERHEAD)
+            else:
+                self._write_cursor(self._current, len(HEADER))
         except OSError as exc:
             self.close()
             raise ConfigError(f"cannot use spool_dir {directory!r}: {exc}") from exc
@@ -223,34 +240,39 @@ class Spool:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
 
-    def _identity(self) -> tuple[str, int]:
+    def _read_identity(self) -> tuple[str | None, int | None]:
+        """The sender id and the epoch on disk, each None when absent or not to be trusted
+        (counted, said on stderr)."""
         sender_id = self._read_small("sender_id")
-        epoch_text = self._read_small("epoch")
-        fresh = False
-        if sender_id is None or not _SENDER_ID.fullmatch(sender_id):
-            if sender_id is not None:
-                self._note(f"sender_id holds {one_line(sender_id, 80)!r}, not an id; "
-                           "a new sender id is used")
-            fresh = True
-        epoch = 0
-        if epoch_text is None or not (epoch_text.isdigit() and len(epoch_text) <= 8):
-            if epoch_text is not None:
-                self._note(f"epoch holds {one_line(epoch_text, 80)!r}, not a number; "
-                           "a new sender id is used")
-            # Numbering starts again: under the old id the receiver would take the new
-            # numbers for duplicates. A missing epoch is a first run (or a lost file).
-            fresh = True
-        else:
-            epoch = int(epoch_text)
-        if epoch + 1 >= _EPOCH_LIMIT:
-            fresh = True  # 8 million restarts: a new id, numbering from 1
-        if fresh:
-            epoch = 0
+        if sender_id is not None and not _SENDER_ID.fullmatch(sender_id):
+            self._note(f"sender_id holds {one_line(sender_id, 80)!r}, not an id; "
+                       "a new sender id is used")
+            sender_id = None
+        text = self._read_small("epoch")
+        epoch: int | None = None
+        if text is not None:
+            if text.isdigit() and len(text) <= 8 and int(text) < _EPOCH_LIMIT - 1:
+                epoch = int(text)
+            else:
+                self._note(f"epoch holds {one_line(text, 80)!r}, not a number below "
+                           f"{_EPOCH_LIMIT - 1}; a new sender id is used")
+        return sender_id, epoch
+
+    def _settle_identity(self, sender_id: str | None, epoch: int | None) -> tuple[str, int]:
+        """This run's sender id and epoch, written to the directory.
+
+        The epoch is above the file's and above every spooled segment's (each header
+        holds the epoch of the run that wrote it): replayed records keep the numbers they
+        were written with, and the new ones must come after them. When the epoch file
+        cannot be trusted, the sender id changes too: the receiver may have seen higher
+        numbers under the old one, from segments already delivered and deleted.
+        """
+        if sender_id is None or epoch is None:
             sender_id = uuid.uuid4().hex
             self._replace("sender_id", sender_id)
-        assert sender_id is not None
-        self._replace("epoch", str(epoch + 1))
-        return sender_id, epoch + 1
+        new = max(epoch or 0, self._max_epoch) + 1  # < _EPOCH_LIMIT: both bounded below it
+        self._replace("epoch", str(new))
+        return sender_id, new
 
     def _read_cursor(self) -> tuple[int, int] | None:
         raw = os.pread(self._cursor_fd, _CURSOR.size, 0)
@@ -346,6 +368,13 @@ class Spool:
                 self._note(f"{_name(n)} {what}; skipped and removed")
                 self._unlink(n)
                 continue
+            if result.epoch >= _EPOCH_LIMIT - 1:
+                # Its records could not be followed by higher numbers on the mplog wire.
+                self._note(f"{_name(n)} claims epoch {result.epoch}, beyond what records can "
+                           "be numbered with; skipped and removed")
+                self._unlink(n)
+                continue
+            self._max_epoch = max(self._max_epoch, result.epoch)
             self.damaged += result.damaged
             if result.damaged:
                 self._say(f"{_name(n)}: "
@@ -379,12 +408,6 @@ class Spool:
                 self._inodes.pop(n, None)
         if first_readable and cursor is not None and cursor[0] >= self._next:
             self._note(f"cursor ({cursor[0]}, {cursor[1]}) points past every segment")
-        self._new_segment()
-        if self._queue:
-            seg, off, _ = self._queue[0]
-            self._write_cursor(seg, off - RECORD_OVERHEAD)
-        else:
-            self._write_cursor(self._current, len(HEADER))
 
     def _new_segment(self) -> None:
         """Start segment ``_next`` (created with O_EXCL) and make it the current one.
@@ -404,7 +427,7 @@ class Spool:
         else:
             raise OSError(errno.EEXIST, f"no free segment name up to {_name(self._next)}")
         try:
-            if os.write(fd, HEADER) != len(HEADER):
+            if os.write(fd, segment_header(self.epoch)) != len(HEADER):
                 raise OSError(errno.ENOSPC, "short write of a segment header")
             st = os.fstat(fd)
         except OSError:

@@ -2,8 +2,9 @@
 
 Rules this module keeps:
 
-- A segment is a 16-byte header (``b"MPLSPOOL"``, version 2, seven zero bytes) followed by
-  records ``MAGIC || length:u32be || crc32(payload):u32be || crc32(the 12 bytes before)``
+- A segment is a 16-byte header (``b"MPLSPOOL"``, version 2, the epoch of the run that
+  wrote it as u32be, three zero bytes) followed by records: ``MAGIC || length:u32be ||
+  crc32(payload):u32be || crc32(the 12 bytes before):u32be``
   then the payload. A record is valid only if its magic, its header checksum, a length
   of 1 to :data:`MAX_RECORD` that fits in the data, and its payload checksum all check
   out. So a zero-filled region (what a power loss leaves on ext4 or XFS) is never a
@@ -30,10 +31,19 @@ import zlib
 from dataclasses import dataclass, field
 
 __all__ = ["HEADER", "MAGIC", "MAX_RECORD", "RECORD_OVERHEAD", "ScanResult", "encode_record",
-           "record_at", "scan"]
+           "record_at", "scan", "segment_header"]
 
 VERSION = 2
-HEADER = b"MPLSPOOL" + bytes([VERSION]) + bytes(7)
+_SEGMENT = struct.Struct(">8sBL3s")  # b"MPLSPOOL", version, epoch, zeros
+
+
+def segment_header(epoch: int) -> bytes:
+    """The header of a segment written by the run numbered *epoch* (0 to 2**32 - 1)."""
+    return _SEGMENT.pack(b"MPLSPOOL", VERSION, epoch, bytes(3))
+
+
+#: A segment header (epoch 0); every header is this long.
+HEADER = segment_header(0)
 #: Starts every record: what the resynchronisation searches for. Not zero, not ASCII text.
 MAGIC = b"\xd7\x8aR\x02"
 #: Largest payload a spool record may hold (the mplog wire's frame limit).
@@ -69,6 +79,8 @@ class ScanResult:
     offsets: list[int] = field(default_factory=list)
     #: The segment's format version if its header names one (0: no header of ours).
     version: int = VERSION
+    #: The epoch in the segment's header: that of the run that wrote its records.
+    epoch: int = 0
 
 
 def _header_at(data: bytes, pos: int) -> int:
@@ -99,9 +111,11 @@ def record_at(data: bytes, pos: int, length: int | None = None) -> bytes | None:
 
 def scan(data: bytes) -> ScanResult:
     """Every intact record of a segment's bytes, in order (see the module docstring)."""
-    if not data.startswith(HEADER):
-        version = data[8] if len(data) >= len(HEADER) and data[:8] == HEADER[:8] else 0
-        return ScanResult([], 1 if data else 0, 0, bad_header=bool(data), version=version)
+    if len(data) < _SEGMENT.size or data[:8] != b"MPLSPOOL":
+        return ScanResult([], 1 if data else 0, 0, bad_header=bool(data), version=0)
+    _magic, version, epoch, zeros = _SEGMENT.unpack_from(data)
+    if version != VERSION or zeros != bytes(3):
+        return ScanResult([], 1, 0, bad_header=True, version=version)
     records: list[bytes] = []
     offsets: list[int] = []
     damaged = 0
@@ -143,4 +157,4 @@ def scan(data: bytes) -> ScanResult:
         pos = find(MAGIC, nxt)
         if pos < 0:
             break
-    return ScanResult(records, damaged, end, offsets=offsets)
+    return ScanResult(records, damaged, end, offsets=offsets, epoch=epoch)

@@ -12,7 +12,7 @@ import pytest
 
 from mplog import ConfigError
 from mplog._spool import Spool
-from mplog._spoolfmt import HEADER, encode_record, scan
+from mplog._spoolfmt import HEADER, encode_record, scan, segment_header
 from tests.helpers import ROOT
 
 
@@ -284,14 +284,40 @@ def test_garbage_sender_id_is_replaced(tmp_path: pathlib.Path, content: bytes, c
 @pytest.mark.parametrize("content", [b"garbage", b"-5", b"99999999999999999999", b"8388607", b"\xff"])
 def test_garbage_epoch_gets_a_new_sender_id(tmp_path: pathlib.Path, content: bytes) -> None:
     """Numbering that starts again under the old id would look like duplicates to the
-    receiver: a new id goes with a new epoch."""
-    s = Spool(str(tmp_path), 10_000_000)
-    old_id = s.sender_id
-    s.close()
+    receiver: a new id goes with it. And the epoch stays above the epoch of every spooled
+    segment (in its header): replayed records keep their numbers, new ones follow them."""
+    for _ in range(3):
+        s = Spool(str(tmp_path), 10_000_000)
+        s.append(b"rec %d" % s.epoch)
+        old_id, old_epoch = s.sender_id, s.epoch
+        s.close()
+    assert old_epoch == 3
     (tmp_path / "epoch").write_bytes(content)
     s = Spool(str(tmp_path), 10_000_000)
-    assert s.sender_id != old_id and 1 <= s.epoch < 1 << 23 and s.epoch == 1
-    assert (tmp_path / "epoch").read_text() == "1"
+    assert s.sender_id != old_id and s.epoch == old_epoch + 1 and s.damaged == 1
+    assert (tmp_path / "epoch").read_text() == str(s.epoch)
+    assert s.peek(10) == [b"rec 1", b"rec 2", b"rec 3"]
+    s.close()
+
+
+def test_missing_epoch_file_keeps_numbers_growing(tmp_path: pathlib.Path) -> None:
+    for _ in range(2):
+        s = Spool(str(tmp_path), 10_000_000)
+        s.append(b"x")
+        old_id = s.sender_id
+        s.close()
+    (tmp_path / "epoch").unlink()
+    s = Spool(str(tmp_path), 10_000_000)
+    assert s.epoch == 3 and s.sender_id != old_id and s.damaged == 0
+    s.close()
+
+
+def test_segment_claiming_an_epoch_past_the_wire_range_is_skipped(tmp_path: pathlib.Path) -> None:
+    recs = _spool_with(tmp_path, 3)
+    (tmp_path / "000000000000.seg").write_bytes(segment_header((1 << 23) - 1) + encode_record(b"forged"))
+    s = Spool(str(tmp_path), 10_000_000)
+    assert s.peek(10) == recs and s.damaged == 1 and s.epoch == 2
+    assert not (tmp_path / "000000000000.seg").exists()
     s.close()
 
 
@@ -457,7 +483,7 @@ def test_planted_symlink_is_never_followed(tmp_path: pathlib.Path, name: str) ->
     if name == "sender_id":
         assert s.sender_id != "1234"
     if name == "epoch":
-        assert s.epoch == 1  # numbering starts again under a new sender id
+        assert s.epoch == 2  # above the spooled segment's, under a new sender id
     s.close()
 
 

@@ -119,6 +119,8 @@ class Spool:
         self._current = -1
         self._next = 1
         self._max_epoch = 0  # the highest epoch in a segment header
+        self._last_bad = (-1, -1)  # (segment, end) of the last record found damaged in read
+        self._warned: set[int] = set()  # segments said on stderr to have changed
         self.epoch = 0
         self.payload_bytes = 0
         self._dir_fd = self._open_dir(directory)
@@ -561,9 +563,11 @@ class Spool:
                     rec = record_at(span, entry[1] - RECORD_OVERHEAD - base, entry[2])
                     if rec is None:
                         bad.append(entry)
-                        if not run:
+                        # One damaged region, even when it is found in several reads.
+                        if not run and self._last_bad != (seg, entry[1] - RECORD_OVERHEAD):
                             self.damaged += 1
-                            run = True
+                        run = True
+                        self._last_bad = (seg, entry[1] + entry[2])
                     else:
                         out.append(rec)
                         run = False
@@ -584,8 +588,10 @@ class Spool:
             self.payload_bytes -= ln
             self._per_segment[seg] -= 1
         for seg in sorted(segs):
-            self._say(f"{_name(seg)} changed "
-                  "while in use (cut short or overwritten); its damaged records are skipped")
+            if seg not in self._warned:
+                self._warned.add(seg)
+                self._say(f"{_name(seg)} changed while in use (cut short or overwritten); "
+                          "its damaged records are skipped")
             if not self._per_segment[seg] and seg != self._current:
                 self._forget(seg)
 

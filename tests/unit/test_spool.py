@@ -501,3 +501,18 @@ def test_current_segment_cut_short_while_running_keeps_later_appends(tmp_path: p
     s = Spool(str(tmp_path), 10_000_000)
     assert s.peek(100) == [b"after  01", b"after  02"] and s.damaged == 0
     s.close()
+
+
+def test_damage_found_over_several_reads_is_one_region(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = Spool(str(tmp_path), 10_000_000)
+    recs = [b"%05d" % i + b"." * 35 for i in range(100)]
+    for r in recs:
+        s.append(r)
+    current = tmp_path / f"{_segment_numbers(tmp_path)[-1]:012d}.seg"
+    os.truncate(current, len(HEADER) + 10 * 56)  # records 10.. cut
+    assert s.read(0, 20, 1 << 20) == recs[:10]  # the ten left whole
+    s.consume(10)
+    assert s.read(0, 20, 1 << 20) == [] and len(s) == 0
+    assert s.damaged == 1 and s.lost == 90
+    assert capsys.readouterr().err.count("changed while in use") == 1
+    s.close()

@@ -379,8 +379,7 @@ class Spool:
             self._max_epoch = max(self._max_epoch, result.epoch)
             self.damaged += result.damaged
             if result.damaged:
-                self._say(f"{_name(n)}: "
-                      f"{result.damaged} damaged region(s) skipped")
+                self._say(f"{_name(n)}: {result.damaged} damaged region(s) skipped")
             skip_before = 0
             if first_readable and cursor is not None:
                 cur_seg, cur_off = cursor

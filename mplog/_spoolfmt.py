@@ -14,10 +14,12 @@ Rules this module keeps:
   how many damaged regions it skipped (a checksum mismatch, a bad length, a torn tail,
   bytes that are no record at all), and the offset after the last intact record.
 - :func:`scan` is linear in the size of the data, whatever the data: it resynchronises
-  with ``bytes.find`` for the next magic, a candidate whose header checksum fails costs
-  O(1), and the payload checksums of candidates that fail are bounded in total
-  (:data:`_RESYNC_WORK` times the data size): past that, a candidate with a valid
-  header but a bad payload is skipped whole instead of byte by byte. Any damage costs
+  with a regex search for the next magic followed by a plausible length (C speed), a
+  candidate whose header checksum fails costs O(1), the payload checksums of candidates
+  that fail are bounded in total (:data:`_RESYNC_WORK` times the data size: past that,
+  a candidate with a valid header but a bad payload is skipped whole), and a damaged
+  region that meets more than :data:`_MAX_TRIES` candidates (which damage does not
+  make; crafting does) ends the scan: the rest is one damaged region. Real damage costs
   at most the records it touches; crafted data cannot make the scan quadratic.
 - A segment of another version (1 included) is reported as ``bad_header``: nothing in
   it is read.
@@ -26,6 +28,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -51,6 +54,13 @@ MAX_RECORD = 1024 * 1024
 _HEAD = struct.Struct(">4sLLL")  # magic, length, crc32(payload), crc32(magic..crc32(payload))
 #: Bytes a record adds to its payload.
 RECORD_OVERHEAD = _HEAD.size
+# Where a record may start: its magic, then a length of at most MAX_RECORD (0x100000, so
+# a zero byte and one of at most 0x10). The regex engine passes over every other byte.
+_CANDIDATE = re.compile(re.escape(MAGIC) + rb"\x00[\x00-\x10]", re.DOTALL)
+# Candidates of one damaged region tried before the rest of the segment is given up as
+# damaged. Damage (zeros, flipped bits, a cut) makes a candidate about once in 2**44
+# bytes: this many in one region is crafted data, and each try costs a checksum.
+_MAX_TRIES = 4096
 # Payload checksum work spent on candidates that fail, as a multiple of the data size,
 # before a failing candidate with a valid header is skipped whole (see the module rules).
 _RESYNC_WORK = 2
@@ -122,7 +132,8 @@ def scan(data: bytes) -> ScanResult:
     in_damage = False
     budget = _RESYNC_WORK * len(data)
     size = len(data)
-    unpack, crc32, find = _HEAD.unpack_from, zlib.crc32, data.find
+    unpack, crc32, search = _HEAD.unpack_from, zlib.crc32, _CANDIDATE.search
+    tries = 0  # candidates tried in the current damaged region
     head = _HEAD.size
     pos = end = len(HEADER)
     while pos < size:
@@ -144,6 +155,7 @@ def scan(data: bytes) -> ScanResult:
                         offsets.append(start)
                         pos = end = start + n
                         in_damage = False
+                        tries = 0
                         continue
                     budget -= n
         if not in_damage:
@@ -153,8 +165,11 @@ def scan(data: bytes) -> ScanResult:
         # does not is most likely a record damaged in its payload: try every later magic
         # while the budget lasts (so a record inside a damaged one is found), then jump
         # over the whole claimed record (so crafted headers cannot cost O(n) each).
-        nxt = start + n if n >= 0 and start + n <= size and budget < 0 else pos + 1
-        pos = find(MAGIC, nxt)
-        if pos < 0:
+        tries += 1
+        if tries > _MAX_TRIES:
+            break  # crafted, not damaged: the rest is one damaged region (counted above)
+        found = search(data, start + n if n >= 0 and start + n <= size and budget < 0 else pos + 1)
+        if found is None:
             break
+        pos = found.start()
     return ScanResult(records, damaged, end, offsets=offsets, epoch=epoch)

@@ -86,41 +86,42 @@ def test_bad_header_and_old_version() -> None:
     assert r.bad_header and r.version == 1 and r.records == []
 
 
-def _forged_headers(size: int, step: int) -> bytes:
-    """Record headers that check out, every *step* bytes, each claiming the largest
-    payload that fits, with a payload checksum that does not match: the costliest
-    candidates a resynchronising scan can meet."""
-    out = bytearray()
-    while len(out) + RECORD_OVERHEAD < size:
-        n = min(MAX_RECORD, size - len(out) - RECORD_OVERHEAD)
-        head = MAGIC + struct.pack(">LL", n, 0xDEADBEEF)
-        rec = head + struct.pack(">L", zlib.crc32(head))
-        out += rec + bytes(max(0, step - len(rec)))
-    return bytes(out[:size])
+def _forged_headers(size: int) -> bytes:
+    """Record headers that check out, back to back, each claiming the largest payload
+    (1 MiB), with a payload checksum that does not match: the costliest candidates a
+    resynchronising scan can meet (version 1 would checksum 1 MiB for each)."""
+    head = MAGIC + struct.pack(">LL", MAX_RECORD, 0xDEADBEEF)
+    rec = head + struct.pack(">L", zlib.crc32(head))
+    return rec * (size // len(rec))
 
 
-@pytest.mark.parametrize("crafted", ["forged_headers", "magic_everywhere", "v1_lengths", "zeros"])
+@pytest.mark.parametrize(
+    "crafted", ["forged_headers", "plausible_lengths", "magic_everywhere", "v1_lengths", "zeros"]
+)
 def test_crafted_4_mib_segment_scans_in_linear_time(crafted: str) -> None:
     """Version 1 tried every offset and each try could checksum 1 MiB: 1.6 s for 576 KB,
-    minutes for 4 MiB. Now a bad candidate costs O(1), and failed payload checksums are
-    bounded in total."""
+    minutes for 4 MiB. Now a bad candidate costs O(1), failed payload checksums are
+    bounded in total, and so are the candidates of one damaged region. CPU time is
+    measured: the machine running the tests may be shared."""
     size = 4 * 1024 * 1024
     body = {
-        "forged_headers": lambda: _forged_headers(size, RECORD_OVERHEAD),
+        "forged_headers": lambda: _forged_headers(size),
+        "plausible_lengths": lambda: (MAGIC + b"\x00\x00") * (size // 6),  # header crc fails
         "magic_everywhere": lambda: MAGIC * (size // len(MAGIC)),
         "v1_lengths": lambda: b"\x00\x0f\xff\xff" * (size // 4),  # v1's worst case
         "zeros": lambda: bytes(size),
     }[crafted]()
     first, last = encode_record(b"first record"), encode_record(b"last record")
     data = HEADER + first + body + last
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     r = scan(data)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 2.0, f"{crafted}: {elapsed:.2f} s"
-    assert r.records[0] == b"first record" and r.damaged >= 1
+    elapsed = time.process_time() - t0
+    assert elapsed < 1.0, f"{crafted}: {elapsed:.2f} s of CPU"
+    assert r.records[0] == b"first record" and r.damaged == 1
     assert set(r.records) <= {b"first record", b"last record"}
-    if crafted != "forged_headers":  # forged headers may claim (swallow) the last record
-        assert r.records == [b"first record", b"last record"] and r.damaged == 1
+    if crafted not in ("forged_headers", "plausible_lengths"):
+        # Crafted candidates may claim the last record, or end the scan; nothing else.
+        assert r.records == [b"first record", b"last record"]
 
 
 def _is_subsequence(got: list[bytes], written: list[bytes]) -> bool:

@@ -54,9 +54,15 @@ MAX_RECORD = 1024 * 1024
 _HEAD = struct.Struct(">4sLLL")  # magic, length, crc32(payload), crc32(magic..crc32(payload))
 #: Bytes a record adds to its payload.
 RECORD_OVERHEAD = _HEAD.size
-# Where a record may start: its magic, then a length of at most MAX_RECORD (0x100000, so
-# a zero byte and one of at most 0x10). The regex engine passes over every other byte.
-_CANDIDATE = re.compile(re.escape(MAGIC) + rb"\x00[\x00-\x10]", re.DOTALL)
+# Where a record may start: its magic, then a length of at most MAX_RECORD (below 2**24:
+# a zero byte, then one of at most MAX_RECORD >> 16). The regex engine passes over every
+# other byte.
+_CANDIDATE = (
+    re.compile(re.escape(MAGIC) + b"\\x00[\\x00-" + re.escape(bytes([MAX_RECORD >> 16])) + b"]",
+               re.DOTALL)
+    if MAX_RECORD < 1 << 24
+    else re.compile(re.escape(MAGIC))
+)
 # Candidates of one damaged region tried before the rest of the segment is given up as
 # damaged. Damage (zeros, flipped bits, a cut) makes a candidate about once in 2**44
 # bytes: this many in one region is crafted data, and each try costs a checksum.

@@ -77,6 +77,15 @@ def test_corrupt_length_resynchronises() -> None:
     assert r.records == [b"first", b"third"] and r.damaged == 1
 
 
+def test_resync_finds_a_record_of_every_length_up_to_the_limit() -> None:
+    """The resynchronisation passes over magics followed by an impossible length; every
+    possible one must still be found."""
+    for n in (1, 255, 256, 65535, 65536, MAX_RECORD - 1, MAX_RECORD):
+        payload = bytes([n % 251]) * n
+        r = scan(HEADER + b"garbage" + MAGIC + b"\xff" * 12 + encode_record(payload))
+        assert r.records == [payload] and r.damaged == 1, n
+
+
 def test_bad_header_and_old_version() -> None:
     r = scan(b"garbage")
     assert r.bad_header and r.records == [] and r.damaged == 1 and r.version == 0

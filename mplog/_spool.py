@@ -2,190 +2,458 @@
 
 Rules this module keeps:
 
-- Append-only segment files ``NNNNNNNNNNNN.seg`` in one directory (0700), each a
-  :mod:`mplog._spoolfmt` segment; a new segment starts when the current one reaches
-  ``segment_bytes``. Records are read back in append order, across segments and across
-  process restarts. Payloads stay on disk: memory holds three integers per record.
+- Append-only segment files ``NNNNNNNNNNNN.seg`` in one directory, each a
+  :mod:`mplog._spoolfmt` segment; a new segment starts at every open and when the current
+  one reaches ``segment_bytes``. Records are read back in append order, across segments
+  and across process restarts. Payloads stay on disk: memory holds three integers per
+  record.
+- The directory must belong to this user and be writable by nobody else (else a
+  one-line :class:`~mplog.ConfigError` saying why, before anything in it is read); it is
+  created 0700. Every file in it is opened through the directory's descriptor with
+  ``O_NOFOLLOW``; files are created 0600, with ``O_EXCL`` where a planted file could
+  otherwise be written through (``*.tmp``, segments). Only regular files are read, each
+  with a size bound.
 - One process at a time: the directory is locked (``flock`` on ``lock``); a second user
   gets a :class:`~mplog.ConfigError`. The lock dies with its process, so a SIGKILLed
   listener's successor takes the spool over.
-- Opening a spool scans what is there: intact records are queued again, damaged regions
-  (torn tails, flipped bytes, a bad header) are skipped and counted in ``damaged``; never
-  an exception for what is on disk.
+- Nothing on disk stops delivery: damaged regions, segments that are not regular files,
+  unreadable or oversized ones, garbage in ``sender_id``, ``epoch`` or ``cursor``, a
+  segment cut short while running, are skipped or replaced, counted in ``damaged`` and
+  said on stderr in one line each; never an exception out of :meth:`Spool.read`,
+  :meth:`Spool.append` or :meth:`Spool.consume`.
 - ``max_bytes`` bounds the files on disk; :meth:`Spool.append` returns False when a
   record does not fit, the disk is full or the spool is closed, so the caller applies its
   overflow policy and counts.
 - :meth:`Spool.consume` marks the oldest records delivered: it records the position in
   ``cursor`` (20 bytes rewritten in place, checksummed), so a restart does not replay
   what was delivered, and deletes a segment once all its records are delivered (the
-  current one is truncated back to its header instead).
+  current one is truncated back to its header instead). The cursor is trusted only where
+  it is consistent (the oldest segment, on a record boundary); anywhere else it is
+  counted as damaged and everything is replayed: a cursor never deletes a record.
 - ``sender_id`` persists in the directory and ``epoch`` grows by one at every open, so an
   acknowledged wire can number records ``epoch << 40 | n``: strictly increasing across
-  restarts, which the receiver's de-duplication relies on.
+  restarts, which the receiver's de-duplication relies on. When ``epoch`` cannot be
+  trusted, the sender id is replaced too, so numbers that start again are never
+  mistaken for duplicates.
 - Writes reach the OS before :meth:`Spool.append` returns: they survive the death of the
   process, not a crash of the machine (no fsync).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
 import os
-import pathlib
+import re
+import stat
 import struct
+import sys
 import uuid
 import zlib
 from collections import deque
 
 from ._buffer import FrameBuffer
 from ._errors import ConfigError
-from ._spoolfmt import HEADER, MAX_RECORD, encode_record, scan
+from ._spoolfmt import (
+    HEADER,
+    MAX_RECORD,
+    RECORD_OVERHEAD,
+    encode_record,
+    record_at,
+    scan,
+    segment_header,
+)
+from ._text import one_line
 
 __all__ = ["SPOOL_MODES", "Spool", "SpooledBuffer"]
 
 SPOOL_MODES = ("overflow", "all")
 _CURSOR = struct.Struct(">QQL")  # segment, offset of the first live record, crc32
-_REC_HEAD = 8  # length:u32 || crc32:u32 before each payload (mplog._spoolfmt)
+_SEGMENT_NAME = re.compile(r"[0-9]{12,20}\.seg")
+_SENDER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# The mplog wire numbers records epoch << 40 | n with 1 <= epoch < 2**23.
+_EPOCH_LIMIT = 1 << 23
+_SMALL_FILE = 128  # bytes read from sender_id or epoch: more is garbage anyway
+# The largest segment SpooledBuffer writes (segment_bytes is at most 4 MiB, and a
+# segment exceeds it only when it holds one record): segments of a run with another
+# spool_max_bytes are read whole. Twice that, or twice segment_bytes, bounds a read.
+_LARGEST_SEGMENT = 4 * 1024 * 1024 + len(HEADER) + RECORD_OVERHEAD + MAX_RECORD
+_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class _NotRegular(OSError):
+    """A name in the spool directory that is not a regular file."""
 
 
 class Spool:
+    """The segment files of one spool directory (see the module docstring).
+
+    Raises (from the constructor):
+        ConfigError: a bad *max_bytes*; the directory cannot be created or opened, is not
+            this user's, is writable by others, or is in use by another process.
+    """
+
     def __init__(
         self, directory: str, max_bytes: int, segment_bytes: int = 4 * 1024 * 1024
     ) -> None:
         if not isinstance(max_bytes, int) or max_bytes < len(HEADER) * 2:
             raise ConfigError(f"spool_max_bytes must be an int >= {len(HEADER) * 2}")
-        self.dir = pathlib.Path(directory)
-        try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"cannot use spool_dir {directory!r}: {exc}") from exc
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self._lock_fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ConfigError(
-                    f"spool_dir {directory!r} is in use by another mplog handler or process"
-                ) from None
-            raise ConfigError(f"cannot lock spool_dir {directory!r}: {exc}") from exc
+        self.directory = directory
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
-        #: Damaged regions skipped when the spool was opened.
+        #: Damaged things skipped or replaced: regions of segments, segments that could
+        #: not be read, garbage in sender_id, epoch or cursor.
         self.damaged = 0
+        #: Records that were queued and then found damaged (cut short, overwritten)
+        #: when read: they left the queue without being delivered.
+        self.lost = 0
         #: (segment, payload offset, payload length) of each record not yet consumed.
         self._queue: deque[tuple[int, int, int]] = deque()
         self._per_segment: dict[int, int] = {}
         self._sizes: dict[int, int] = {}
+        self._inodes: dict[int, tuple[int, int]] = {}
         self._readers: dict[int, int] = {}
-        self._fd = -1
+        self._fd = self._cursor_fd = self._lock_fd = -1
         self._current = -1
+        self._next = 1
+        self._max_epoch = 0  # the highest epoch in a segment header
+        self._last_bad = (-1, -1)  # (segment, end) of the last record found damaged in read
+        self._warned: set[int] = set()  # segments said on stderr to have changed
+        self.epoch = 0
         self.payload_bytes = 0
-        self.sender_id = self._read_or_create("sender_id", uuid.uuid4().hex)
-        self.epoch = int(self._read_or_create("epoch", "0")) + 1
-        self._replace("epoch", str(self.epoch))
-        self._cursor_fd = os.open(self.dir / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
-        self._load()
+        self._dir_fd = self._open_dir(directory)
+        try:
+            self._lock()
+            sender_id, epoch = self._read_identity()
+            self._cursor_fd = self._open_regular("cursor", os.O_RDWR | os.O_CREAT)
+            self._load()
+            self.sender_id, self.epoch = self._settle_identity(sender_id, epoch)
+            self._new_segment()
+            if self._queue:
+                seg, off, _ = self._queue[0]
+                self._write_cursor(seg, off - RECORD_OVERHEAD)
+            else:
+                self._write_cursor(self._current, len(HEADER))
+        except OSError as exc:
+            self.close()
+            raise ConfigError(f"cannot use spool_dir {directory!r}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
 
     # -- opening ------------------------------------------------------------------------
 
-    def _replace(self, name: str, text: str) -> None:
-        tmp = self.dir / f"{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(self.dir / name)
-
-    def _read_or_create(self, name: str, default: str) -> str:
+    @staticmethod
+    def _open_dir(directory: str) -> int:
         try:
-            text = (self.dir / name).read_text().strip()
-        except FileNotFoundError:
-            text = ""
-        if name == "epoch" and not text.isdigit():
-            text = ""  # damaged: the sender id changes below too, so numbering restarts
-        if not text:
-            text = default
-            self._replace(name, text)
-        return text
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            link = os.lstat(directory)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigError(f"cannot use spool_dir {directory!r}: {exc}") from exc
+        st = os.fstat(fd)  # the directory we opened, not the name (no race)
+        me = os.geteuid()
+        why = ""
+        if stat.S_ISLNK(link.st_mode) and link.st_uid != me:
+            why = (f"is a symbolic link owned by uid {link.st_uid}, not by this user "
+                   f"(uid {me}); use a directory of your own")
+        elif st.st_uid != me:
+            why = (f"is owned by uid {st.st_uid}, not by this user (uid {me}); "
+                   "use a directory of your own")
+        elif st.st_mode & 0o022:
+            why = (f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                   "use a directory only you can write (chmod 700)")
+        if why:
+            os.close(fd)
+            raise ConfigError(f"spool_dir {directory!r} {why}")
+        return fd
 
-    def _read_cursor(self) -> tuple[int, int]:
+    def _note(self, what: str) -> None:
+        """Count one damaged thing and say what on stderr, in one line."""
+        self.damaged += 1
+        self._say(what)
+
+    def _say(self, what: str) -> None:
+        """One line on stderr about this spool directory."""
+        _warn(f"mplog: spool_dir {one_line(self.directory, 200)}: {what}")
+
+    def _open_regular(self, name: str, flags: int, mode: int = 0o600) -> int:
+        """*name* opened without following a symlink; a name that is not a regular file
+        is removed (and counted) first when *flags* create, else :class:`_NotRegular`."""
+        try:
+            fd = os.open(name, flags | _OPEN, mode, dir_fd=self._dir_fd)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            fd = -1
+        if fd >= 0:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                return fd
+            os.close(fd)
+            kind = _kind(st.st_mode)
+        else:
+            kind = "a symbolic link"
+        if not flags & os.O_CREAT:
+            raise _NotRegular(errno.EINVAL, f"{name!r} is {kind}, not a regular file")
+        self._note(f"{name!r} was {kind}, not a regular file; replaced")
+        os.unlink(name, dir_fd=self._dir_fd)
+        return os.open(name, flags | os.O_EXCL | _OPEN, mode, dir_fd=self._dir_fd)
+
+    def _lock(self) -> None:
+        self._lock_fd = self._open_regular("lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ConfigError(
+                    f"spool_dir {self.directory!r} is in use by another mplog handler or process"
+                ) from None
+            raise
+
+    def _read_small(self, name: str) -> str | None:
+        """The text of *name* (stripped), None if absent or not a regular file (counted)."""
+        try:
+            fd = self._open_regular(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except _NotRegular as exc:
+            self._note(f"{exc.strerror}; replaced")
+            return None
+        try:
+            raw = os.read(fd, _SMALL_FILE)
+        finally:
+            os.close(fd)
+        return raw.decode("ascii", "replace").strip()  # not ASCII: no id, no number
+
+    def _replace(self, name: str, text: str) -> None:
+        """Write *name* whole (a temporary file renamed over it). The temporary is
+        created with O_EXCL | O_NOFOLLOW: whatever was planted under its name is removed,
+        never written through."""
+        tmp = f"{name}.tmp"
+        with contextlib.suppress(FileNotFoundError):  # the usual case: nothing there
+            os.unlink(tmp, dir_fd=self._dir_fd)  # a leftover, or something planted
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN, 0o600, dir_fd=self._dir_fd)
+        try:
+            os.write(fd, text.encode("ascii"))
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+
+    def _read_identity(self) -> tuple[str | None, int | None]:
+        """The sender id and the epoch on disk, each None when absent or not to be trusted
+        (counted, said on stderr)."""
+        sender_id = self._read_small("sender_id")
+        if sender_id is not None and not _SENDER_ID.fullmatch(sender_id):
+            self._note(f"sender_id holds {one_line(sender_id, 80)!r}, not an id; "
+                       "a new sender id is used")
+            sender_id = None
+        text = self._read_small("epoch")
+        epoch: int | None = None
+        if text is not None:
+            if text.isdigit() and len(text) <= 8 and int(text) < _EPOCH_LIMIT - 1:
+                epoch = int(text)
+            else:
+                self._note(f"epoch holds {one_line(text, 80)!r}, not a number below "
+                           f"{_EPOCH_LIMIT - 1}; a new sender id is used")
+        return sender_id, epoch
+
+    def _settle_identity(self, sender_id: str | None, epoch: int | None) -> tuple[str, int]:
+        """This run's sender id and epoch, written to the directory.
+
+        The epoch is above the file's and above every spooled segment's (each header
+        holds the epoch of the run that wrote it): replayed records keep the numbers they
+        were written with, and the new ones must come after them. When the epoch file
+        cannot be trusted, the sender id changes too: the receiver may have seen higher
+        numbers under the old one, from segments already delivered and deleted.
+        """
+        if sender_id is None or epoch is None:
+            sender_id = uuid.uuid4().hex
+            self._replace("sender_id", sender_id)
+        new = max(epoch or 0, self._max_epoch) + 1  # < _EPOCH_LIMIT: both bounded below it
+        self._replace("epoch", str(new))
+        return sender_id, new
+
+    def _read_cursor(self) -> tuple[int, int] | None:
         raw = os.pread(self._cursor_fd, _CURSOR.size, 0)
+        if not raw:
+            return None  # none yet
         if len(raw) == _CURSOR.size:
             seg, off, crc = _CURSOR.unpack(raw)
             if zlib.crc32(raw[:16]) == crc:
                 return seg, off
-        return 0, 0  # none yet, or damaged: replay everything (at least once)
+        self._note("cursor is damaged; every record in the spool is replayed (at least once)")
+        return None
 
     def _write_cursor(self, seg: int, off: int) -> None:
         head = struct.pack(">QQ", seg, off)
-        os.pwrite(self._cursor_fd, head + struct.pack(">L", zlib.crc32(head)), 0)
+        try:
+            os.pwrite(self._cursor_fd, head + struct.pack(">L", zlib.crc32(head)), 0)
+        except OSError as exc:
+            # Delivery goes on; a restart replays from an older position (at least once).
+            self._say(f"cannot write the cursor: {exc}")
 
     def _segments(self) -> list[int]:
         out = []
-        for p in self.dir.glob("*.seg"):
-            try:
-                out.append(int(p.stem))
-            except ValueError:
-                continue  # not one of ours
+        for name in os.listdir(self._dir_fd):
+            if _SEGMENT_NAME.fullmatch(name) and name == _name(int(name[:-4])):
+                out.append(int(name[:-4]))
         return sorted(out)
 
-    def _path(self, n: int) -> pathlib.Path:
-        return self.dir / f"{n:012d}.seg"
+    @property
+    def _read_bound(self) -> int:
+        return max(2 * self.segment_bytes, 2 * _LARGEST_SEGMENT)
+
+    def _unlink(self, n: int) -> None:
+        try:
+            os.unlink(_name(n), dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return  # removed by someone else: what we wanted
+        except OSError as exc:  # e.g. a directory under a segment's name
+            self._say(f"cannot remove {_name(n)}: {exc}")
+
+    def _read_segment(self, n: int) -> bytes | None:
+        """The bytes of segment *n* (up to the read bound), or None (counted) when it is
+        not a regular file or cannot be read."""
+        name = _name(n)
+        try:
+            fd = self._open_regular(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except _NotRegular as exc:
+            if stat.S_ISDIR(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
+                self._note(f"{exc.strerror}; skipped (left in place)")
+            else:  # the name only: a symlink's target, a FIFO's writer are untouched
+                self._note(f"{exc.strerror}; skipped and removed")
+                self._unlink(n)
+            return None
+        except OSError as exc:
+            self._note(f"cannot open {name} ({exc.strerror}); skipped")
+            return None
+        try:
+            st = os.fstat(fd)
+            bound = self._read_bound
+            chunks: list[bytes] = []
+            got = 0
+            while got < bound:
+                chunk = os.pread(fd, min(bound - got, 1 << 20), got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            if got >= bound and st.st_size > bound:
+                self._note(f"{name} holds {st.st_size} bytes, more than a segment can "
+                           f"({bound}); the rest is skipped")
+        except OSError as exc:
+            self._note(f"cannot read {name} ({exc.strerror}); skipped")
+            return None
+        finally:
+            os.close(fd)
+        self._inodes[n] = (st.st_dev, st.st_ino)
+        return b"".join(chunks)
 
     def _load(self) -> None:
-        cur_seg, cur_off = self._read_cursor()
+        cursor = self._read_cursor()
         segs = self._segments()
+        self._next = segs[-1] + 1 if segs else 1
+        first_readable = True
         for n in segs:
-            path = self._path(n)
-            if n < cur_seg:
-                path.unlink()  # delivered before the restart
+            data = self._read_segment(n)
+            if data is None:
                 continue
-            data = path.read_bytes()
             result = scan(data)
-            self.damaged += result.damaged
-            if result.bad_header or len(data) < len(HEADER):
-                path.unlink()  # nothing of ours can be read from it
+            if result.bad_header:
+                what = (f"is a version {result.version} segment (this mplog reads version "
+                        f"{HEADER[8]})" if result.version else "has no spool header")
+                self._note(f"{_name(n)} {what}; skipped and removed")
+                self._unlink(n)
                 continue
+            if result.epoch >= _EPOCH_LIMIT - 1:
+                # Its records could not be followed by higher numbers on the mplog wire.
+                self._note(f"{_name(n)} claims epoch {result.epoch}, beyond what records can "
+                           "be numbered with; skipped and removed")
+                self._unlink(n)
+                continue
+            self._max_epoch = max(self._max_epoch, result.epoch)
+            self.damaged += result.damaged
+            if result.damaged:
+                self._say(f"{_name(n)}: {result.damaged} damaged region(s) skipped")
+            skip_before = 0
+            if first_readable and cursor is not None:
+                cur_seg, cur_off = cursor
+                boundaries = {off - RECORD_OVERHEAD for off in result.offsets}
+                if cur_seg == n and (cur_off in boundaries or cur_off == result.end):
+                    skip_before = cur_off  # delivered before the restart
+                elif cur_seg >= n:
+                    # Past the oldest segment, or not on one of its record boundaries:
+                    # not a position this spool wrote (a segment older than the cursor
+                    # is deleted before the cursor moves on). Replay everything.
+                    self._note(f"cursor ({cur_seg}, {cur_off}) is not a record boundary of "
+                               "the oldest segment; every record is replayed (at least once)")
+                # cur_seg < n: the cursor's segment was deleted once delivered.
+            first_readable = False
             live = 0
             for off, rec in zip(result.offsets, result.records, strict=True):
-                if n == cur_seg and off - _REC_HEAD < cur_off:
+                if off - RECORD_OVERHEAD < skip_before:
                     continue
                 self._queue.append((n, off, len(rec)))
                 self.payload_bytes += len(rec)
                 live += 1
-            if result.end != len(data):
-                # Cut a damaged tail so appends resume on a record boundary.
-                os.truncate(path, result.end)
-            self._per_segment[n] = live
-            self._sizes[n] = result.end
-        left = self._segments()
-        if not self._queue:
-            for n in left:
-                self._path(n).unlink()
-            self._per_segment.clear()
-            self._sizes.clear()
-            self._open((left[-1] + 1) if left else 1, new=True)
-            self._write_cursor(self._current, len(HEADER))
-            return
-        for n in left:
-            if not self._per_segment.get(n) and n != left[-1]:
-                self._path(n).unlink()
-                self._per_segment.pop(n, None)
-                self._sizes.pop(n, None)
-        seg, off, _ = self._queue[0]
-        self._write_cursor(seg, off - _REC_HEAD)
-        self._open(left[-1], new=False)
+            if live:
+                self._per_segment[n] = live
+                self._sizes[n] = len(data)
+            else:
+                self._unlink(n)
+                self._inodes.pop(n, None)
+        if first_readable and cursor is not None and cursor[0] >= self._next:
+            self._note(f"cursor ({cursor[0]}, {cursor[1]}) points past every segment")
 
-    def _open(self, n: int, new: bool) -> None:
+    def _new_segment(self) -> None:
+        """Start segment ``_next`` (created with O_EXCL) and make it the current one.
+
+        Raises:
+            OSError: it cannot be created or its header written (the old one stays).
+        """
+        for _ in range(100):
+            n = self._next
+            self._next += 1
+            try:
+                fd = os.open(_name(n), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _OPEN,
+                             0o600, dir_fd=self._dir_fd)
+                break
+            except FileExistsError:
+                continue  # something already has that name: the next one
+        else:
+            raise OSError(errno.EEXIST, f"no free segment name up to {_name(self._next)}")
+        try:
+            if os.write(fd, segment_header(self.epoch)) != len(HEADER):
+                raise OSError(errno.ENOSPC, "short write of a segment header")
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            self._unlink(n)
+            raise
         if self._fd >= 0:
             os.close(self._fd)
-        path = self._path(n)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        if new:
-            os.ftruncate(self._fd, 0)
-            os.write(self._fd, HEADER)
-            self._sizes[n] = len(HEADER)
-        self._per_segment.setdefault(n, 0)
+            if not self._per_segment.get(self._current):
+                self._forget(self._current)
+        self._fd = fd
         self._current = n
+        self._sizes[n] = len(HEADER)
+        self._per_segment[n] = 0
+        self._inodes[n] = (st.st_dev, st.st_ino)
+
+    def _forget(self, seg: int) -> None:
+        """Segment *seg* holds nothing left to deliver: close and remove it."""
+        fd = self._readers.pop(seg, None)
+        if fd is not None:
+            os.close(fd)
+        self._per_segment.pop(seg, None)
+        self._sizes.pop(seg, None)
+        self._inodes.pop(seg, None)
+        self._unlink(seg)
 
     # -- use ----------------------------------------------------------------------------
 
@@ -197,61 +465,134 @@ class Spool:
         return len(self._queue)
 
     def append(self, payload: bytes) -> bool:
-        """Write *payload* to the OS; False if it does not fit, the disk is full, or the
-        spool is closed."""
-        if self._fd < 0 or len(payload) > MAX_RECORD:
+        """Write *payload* to the OS; False if it is empty or too long, does not fit, the
+        disk is full, or the spool is closed."""
+        if self._fd < 0 or not 0 < len(payload) <= MAX_RECORD:
             return False
         rec = encode_record(payload)
         if self.disk_bytes + len(rec) > self.max_bytes:
             return False
         current = self._current
         if self._sizes[current] + len(rec) > self.segment_bytes and self._per_segment[current]:
-            self._open(current + 1, new=True)
-        start = self._sizes[self._current]
+            try:
+                self._new_segment()
+            except OSError:
+                return False  # ENOSPC, EMFILE, ...: like a full spool, the caller counts
+        try:
+            # Where the record really starts (O_APPEND writes at the end of the file): a
+            # segment cut short by someone else must not misplace the records after it.
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            if start != self._sizes[self._current]:
+                # Cut short or written to by someone else: new records go to a new
+                # segment, so none lands where a queued one was (reads find those
+                # damaged, and count them).
+                self._say(f"{_name(self._current)} changed size while in use; a new segment starts")
+                self._new_segment()
+                start = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            return False  # EIO, ENOSPC and friends: like a full disk, the caller counts
         try:
             view = memoryview(rec)
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError:
             # ENOSPC and friends: cut what was half written, tell the caller.
-            os.ftruncate(self._fd, start)
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError as exc:
+                # The torn record stays; a later scan skips and counts it.
+                self._say(f"cannot cut a "
+                      f"half-written record: {exc}")
             return False
         self._sizes[self._current] = start + len(rec)
         self._per_segment[self._current] += 1
-        self._queue.append((self._current, start + _REC_HEAD, len(payload)))
+        self._queue.append((self._current, start + RECORD_OVERHEAD, len(payload)))
         self.payload_bytes += len(payload)
         return True
 
     def _reader(self, seg: int) -> int:
+        """A descriptor to read segment *seg*, -1 if it is gone or no longer the file this
+        spool wrote (replaced, or turned into something else)."""
         fd = self._readers.get(seg)
         if fd is None:
-            fd = self._readers[seg] = os.open(self._path(seg), os.O_RDONLY)
+            try:
+                fd = self._open_regular(_name(seg), os.O_RDONLY)
+            except OSError:
+                return -1
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self._inodes.get(seg):
+                os.close(fd)
+                return -1
+            self._readers[seg] = fd
         return fd
 
     def read(self, start: int, max_count: int, max_bytes: int) -> list[bytes]:
         """Records *start*, *start* + 1, ... not yet consumed: at most *max_count* of
         them and *max_bytes* bytes (but at least one if any). Contiguous records are read
-        with one ``pread``."""
-        picked: list[tuple[int, int, int]] = []
-        total = 0
-        for entry in itertools.islice(self._queue, start, None):
-            if len(picked) >= max_count or (picked and total + entry[2] > max_bytes):
-                break
-            picked.append(entry)
-            total += entry[2]
-        out: list[bytes] = []
-        i = 0
-        while i < len(picked):
-            seg, first, _ = picked[i]
-            j = i + 1
-            while j < len(picked) and picked[j][0] == seg:
-                j += 1
-            _, last_off, last_len = picked[j - 1]
-            span = os.pread(self._reader(seg), last_off + last_len - first, first)
-            for _, off, ln in picked[i:j]:
-                out.append(span[off - first : off - first + ln])
-            i = j
-        return out
+        with one ``pread``, and each is checked again: records found damaged now (a
+        segment cut short or overwritten while running) leave the queue, counted in
+        ``damaged`` (one per damaged run) and ``lost``. Never raises for what is on disk."""
+        while True:
+            picked: list[tuple[int, int, int]] = []
+            total = 0
+            for entry in itertools.islice(self._queue, start, None):
+                if len(picked) >= max_count or (picked and total + entry[2] > max_bytes):
+                    break
+                picked.append(entry)
+                total += entry[2]
+            out: list[bytes] = []
+            bad: list[tuple[int, int, int]] = []
+            i = 0
+            while i < len(picked):
+                seg, first, _ = picked[i]
+                j = i + 1
+                while j < len(picked) and picked[j][0] == seg:
+                    j += 1
+                _, last_off, last_len = picked[j - 1]
+                base = first - RECORD_OVERHEAD
+                span = b""
+                fd = self._reader(seg)
+                if fd >= 0:
+                    try:
+                        span = os.pread(fd, last_off + last_len - base, base)
+                    except OSError:
+                        span = b""  # EIO and friends: every record of this span is bad
+                run = False
+                for entry in picked[i:j]:
+                    rec = record_at(span, entry[1] - RECORD_OVERHEAD - base, entry[2])
+                    if rec is None:
+                        bad.append(entry)
+                        # One damaged region, even when it is found in several reads.
+                        if not run and self._last_bad != (seg, entry[1] - RECORD_OVERHEAD):
+                            self.damaged += 1
+                        run = True
+                        self._last_bad = (seg, entry[1] + entry[2])
+                    else:
+                        out.append(rec)
+                        run = False
+                i = j
+            if not bad:
+                return out
+            self._drop(bad)
+            if out:
+                return out
+            # Every record picked was damaged: pick again (they left the queue).
+
+    def _drop(self, bad: list[tuple[int, int, int]]) -> None:
+        gone = set(bad)
+        self._queue = deque(e for e in self._queue if e not in gone)
+        self.lost += len(bad)
+        segs = {seg for seg, _, _ in bad}
+        for seg, _, ln in bad:
+            self.payload_bytes -= ln
+            self._per_segment[seg] -= 1
+        for seg in sorted(segs):
+            if seg not in self._warned:
+                self._warned.add(seg)
+                self._say(f"{_name(seg)} changed while in use (cut short or overwritten); "
+                          "its damaged records are skipped")
+            if not self._per_segment[seg] and seg != self._current:
+                self._forget(seg)
 
     def peek(self, n: int) -> list[bytes]:
         """The oldest *n* records not yet consumed, in order."""
@@ -266,17 +607,16 @@ class Spool:
             self._per_segment[seg] -= 1
             if self._per_segment[seg] == 0:
                 if seg == self._current:
-                    os.ftruncate(self._fd, len(HEADER))
-                    self._sizes[seg] = len(HEADER)
+                    try:
+                        os.ftruncate(self._fd, len(HEADER))
+                        self._sizes[seg] = len(HEADER)
+                    except OSError as exc:  # the records stay on disk, the cursor says done
+                        self._say(f"cannot "
+                              f"truncate {_name(seg)}: {exc}")
                     last = None
                     self._write_cursor(seg, len(HEADER))
                 else:
-                    fd = self._readers.pop(seg, None)
-                    if fd is not None:
-                        os.close(fd)
-                    self._path(seg).unlink(missing_ok=True)
-                    del self._per_segment[seg]
-                    del self._sizes[seg]
+                    self._forget(seg)
         if last is not None:
             self._write_cursor(last[0], last[1] + last[2])
 
@@ -284,11 +624,31 @@ class Spool:
         for fd in self._readers.values():
             os.close(fd)
         self._readers.clear()
-        for name in ("_fd", "_cursor_fd", "_lock_fd"):
-            fd = getattr(self, name)
+        for name in ("_fd", "_cursor_fd", "_lock_fd", "_dir_fd"):
+            fd = getattr(self, name, -1)
             if fd >= 0:
                 os.close(fd)
                 setattr(self, name, -1)
+
+
+def _name(n: int) -> str:
+    return f"{n:012d}.seg"
+
+
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _warn(line: str) -> None:
+    # No usable stderr (closed, None): what the line says is counted by the caller
+    # (spool_damaged) or changes nothing delivered.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(line + "\n")
 
 
 class SpooledBuffer(FrameBuffer):
@@ -385,10 +745,15 @@ class SpooledBuffer(FrameBuffer):
             out.append(f)
             total += len(f)
             i += 1
-        if self.spool is not None and len(out) < max_count and (not out or total < max_bytes):
-            out += self.spool.read(
+        spool = self.spool
+        if spool is not None and len(out) < max_count and (not out or total < max_bytes):
+            lost = spool.lost
+            out += spool.read(
                 i - len(frames), max_count - len(out), max_bytes - total if out else max_bytes
             )
+            # Records found damaged on disk left the queue undelivered (counted in
+            # spool_damaged): they are gone from the buffer, so flush marks move on.
+            self.removed += spool.lost - lost
         return out
 
     def pin_batch(self, max_bytes: int) -> list[bytes]:

@@ -127,3 +127,27 @@ def test_delivered_segments_make_room_before_the_spool_is_empty(tmp_path: pathli
     assert b.push(frame, 0.0), "no room although half of the spool was delivered"
     assert len(b) == full - full // 2 + 1
     b.clear(0.0)
+
+
+def test_records_cut_from_disk_while_pinned_leave_the_buffer_counted(tmp_path: pathlib.Path) -> None:
+    """A segment cut short under a running buffer: the records left whole are sent, the
+    others leave the buffer (counted in spool_damaged), and a flush mark is reached."""
+    import os
+
+    from mplog._spoolfmt import HEADER, RECORD_OVERHEAD
+
+    b = _buf(tmp_path, mode="all")
+    frames = [b"frame %03d" % i for i in range(30)]
+    for f in frames:
+        assert b.push(f, 0.0)
+    mark = b.pushed
+    assert b.pin_more(1 << 20, 5) == frames[:5]
+    seg = max(tmp_path.glob("*.seg"))
+    os.truncate(seg, len(HEADER) + 12 * (RECORD_OVERHEAD + 9))  # frames 12.. cut
+    assert b.pin_more(1 << 20, 100) == frames[5:12]
+    assert len(b) == 12 and b.unpinned == 0
+    b.ack(12)
+    assert len(b) == 0 and b.removed >= mark and b.dropped == 0
+    assert b.spool_stats()["spool_damaged"] == 1 and b.spool_stats()["spooled"] == 0
+    assert b.push(b"after", 0.0) and b.pin_batch(1 << 20) == [b"after"]
+    b.clear(0.0)

@@ -7,6 +7,10 @@ Rules this module keeps:
 - The intake server (``mplog._intake.IntakeServer``) runs in the main thread until it is
   asked to stop or the parent dies (``PR_SET_PDEATHSIG`` where available, and a
   ``getppid()`` check on every loop turn).
+- A watchdog thread outlives a stuck main thread: a handler that blocks forever cannot keep
+  an orphaned listener alive. When the parent is gone it wakes the loop, gives the
+  handlers ``ORPHAN_CLOSE_TIMEOUT`` (plus a margin for the drain) to deliver what they
+  hold, then removes the socket file and ends the process with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -16,14 +20,22 @@ import os
 import pathlib
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
-from ._intake import IntakeServer, bind
+from ._intake import ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
 from .handlers import QueueListener, SocketHandler
 
 __all__ = ["ListenerConfig", "main"]
+
+#: How often the watchdog looks at the parent.
+WATCHDOG_TICK = 0.25
+#: Beyond ORPHAN_CLOSE_TIMEOUT, what the orphaned listener's drain and close may take
+#: before the watchdog ends the process anyway.
+ORPHAN_MARGIN = 1.0
 
 
 @dataclass
@@ -64,11 +76,33 @@ def build_handlers(payload: bytes) -> list[logging.Handler]:
     return list(obj)
 
 
+def _watchdog(parent_pid: int, address: str) -> None:
+    """Daemon thread: end this process soon after its parent is gone, stuck or not."""
+    while os.getppid() == parent_pid:
+        time.sleep(WATCHDOG_TICK)
+    # Wake the main loop (its signal wakeup fd), which then sees the new parent and
+    # starts its own bounded shutdown; this thread only bounds how long that may take.
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    except OSError as exc:
+        sys.stderr.write(f"mplog listener: cannot wake the main loop: {exc}\n")
+    time.sleep(ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN)
+    sys.stderr.write(
+        "mplog listener: the parent process is gone and a handler did not finish in "
+        f"{ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN:.1f} s; exiting without it\n"
+    )
+    pathlib.Path(address).unlink(missing_ok=True)
+    os._exit(1)
+
+
 def main(cfg: ListenerConfig, ready: Any) -> None:
     """Entry point of the listener process."""
     _set_pdeathsig(signal.SIGUSR1)
     if os.getppid() != cfg.parent_pid:
         return  # the parent died before we got here
+    threading.Thread(
+        target=_watchdog, args=(cfg.parent_pid, cfg.address), name="mplog-watchdog", daemon=True
+    ).start()
     try:
         handlers = build_handlers(cfg.handlers)
     except Exception as exc:

@@ -36,6 +36,7 @@ from ._errors import ConfigError, MplogError
 from ._intake import control_request
 from ._listener import ListenerConfig
 from ._listener import main as listener_main
+from ._ship import reduce_handler
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
 
 __all__ = ["Pipeline", "start", "worker_init"]
@@ -106,6 +107,13 @@ def _pickler() -> Any:
 
         class Pickler(dill.Pickler):  # type: ignore[misc]
             dispatch = dill.Pickler.dispatch.copy()
+
+            def reducer_override(self, obj: Any) -> Any:
+                # Handler instances travel without the parent's lock, file, stream or
+                # socket: see mplog._ship.
+                if isinstance(obj, logging.Handler):
+                    return reduce_handler(obj)
+                return NotImplemented
 
         Pickler.dispatch[types.ModuleType] = save_module
         _PICKLER = Pickler

@@ -1,0 +1,220 @@
+"""The first programs users write: stdlib handler instances, pools made after start(), a
+stop() with pools still alive, a dead parent under a stuck handler, and the mistakes a
+first program makes. Real processes, files and sockets throughout."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import psutil
+import pytest
+
+import mplog
+from tests.helpers import ROOT, env_with_root, wait_until
+
+FORMAT = "%(levelname)s|%(name)s|%(message)s"
+N = 10  # tasks per pool
+
+
+def _work(i: int) -> int:
+    logging.getLogger("app.work").warning("task %d", i)
+    logging.getLogger("other").warning("filtered %d", i)  # every handler filters it out
+    return os.getpid()
+
+
+def _file_handlers(tmp: pathlib.Path) -> dict[str, logging.Handler]:
+    return {
+        "FileHandler": logging.FileHandler(tmp / "file.log"),
+        "FileHandler-delay": logging.FileHandler(tmp / "delay.log", delay=True),
+        "RotatingFileHandler": logging.handlers.RotatingFileHandler(
+            tmp / "rotating.log", maxBytes=10**6, backupCount=2
+        ),
+        "TimedRotatingFileHandler": logging.handlers.TimedRotatingFileHandler(
+            tmp / "timed.log", when="h"
+        ),
+        "WatchedFileHandler": logging.handlers.WatchedFileHandler(tmp / "watched.log"),
+        "StreamHandler-file": logging.StreamHandler(open(tmp / "stream.log", "w")),  # noqa: SIM115
+    }
+
+
+def _dress(h: logging.Handler) -> logging.Handler:
+    h.setFormatter(logging.Formatter(FORMAT))
+    h.addFilter(logging.Filter("app"))
+    return h
+
+
+def _expected(n_pools: int) -> list[str]:
+    return sorted([f"WARNING|app.work|task {i}" for i in range(N)] * n_pools + ["WARNING|app|main"])
+
+
+class _Datagrams(threading.Thread):
+    """Reads a datagram socket as it fills: a Unix datagram socket queues only
+    ``net.unix.max_dgram_qlen`` (10) datagrams before the sender blocks."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.lines: list[str] = []
+        sock.settimeout(0.1)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            text = data.decode()
+            assert text.startswith("<"), text  # the syslog PRI
+            self.lines.append(text.split(">", 1)[1].rstrip("\x00"))
+
+
+def test_stdlib_handler_instances_work_like_a_factory(tmp_path: pathlib.Path, start_pipeline) -> None:
+    handlers = _file_handlers(tmp_path)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unix.bind(str(tmp_path / "syslog.sock"))
+    readers = {"udp": _Datagrams(udp), "unix": _Datagrams(unix)}
+    for r in readers.values():
+        r.start()
+    try:
+        handlers["SysLogHandler-udp"] = logging.handlers.SysLogHandler(udp.getsockname())
+        handlers["SysLogHandler-unix"] = logging.handlers.SysLogHandler(str(tmp_path / "syslog.sock"))
+        # A held handler lock in the parent is what dill used to copy: hold them all.
+        for h in handlers.values():
+            _dress(h).acquire()
+        p = start_pipeline(list(handlers.values()), level=logging.INFO)
+        for h in handlers.values():
+            h.release()
+            h.close()
+        stream = handlers["StreamHandler-file"]
+        assert isinstance(stream, logging.StreamHandler)
+        stream.stream.close()  # a StreamHandler does not own its stream
+        logging.getLogger("app").warning("main")
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            pool.map(_work, range(N))
+        with multiprocessing.get_context("spawn").Pool(2, initializer=mplog.worker_init) as pool:
+            pool.map(_work, range(N))
+        assert p.flush(10)
+        want = _expected(2)
+        for name in ("file", "delay", "rotating", "timed", "watched", "stream"):
+            lines = sorted((tmp_path / f"{name}.log").read_text().splitlines())
+            assert lines == want, name
+        for kind, r in readers.items():
+            wait_until(lambda r=r: len(r.lines) >= len(want), 10, f"the {kind} syslog datagrams")
+            assert sorted(r.lines) == want, kind
+        st = p.stats()
+        assert st["received"] == st["handled"] == 2 * 2 * N + 1, st
+    finally:
+        for r in readers.values():
+            r.done.set()
+            r.join(5)
+        udp.close()
+        unix.close()
+
+
+# -- stop() while pools made after start() are alive -----------------------------------------------
+
+
+def _noop(i: int) -> int:
+    logging.getLogger("app").info("noop %d", i)
+    return i
+
+
+def test_stop_returns_while_pools_made_after_start_are_alive(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "out.log"
+    p = mplog.start([_dress(logging.FileHandler(out))], level=logging.INFO)
+    pool = multiprocessing.get_context("fork").Pool(2)
+    ex = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+    try:
+        assert pool.map(_noop, range(4)) == list(range(4))
+        assert list(ex.map(_noop, range(4))) == list(range(4))
+        t0 = time.monotonic()
+        p.stop(timeout=2.0)
+        took = time.monotonic() - t0
+        assert took < 2.0 + 2.0, took
+        assert len(out.read_text().splitlines()) == 8
+        assert not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        pool.close()
+        pool.join()
+        ex.shutdown()
+        p.stop()
+    # The pools' workers held multiprocess's resource-tracker pipe; with them gone the
+    # tracker ends, and mplog reaps it on its next call.
+    wait_until(lambda: not _trackers(), 10, "the resource tracker to end")
+    mplog._pipeline._reap_trackers()
+
+
+def _trackers() -> list[psutil.Process]:
+    out = []
+    for c in psutil.Process().children():
+        try:
+            if c.status() != psutil.STATUS_ZOMBIE and "resource_tracker" in " ".join(c.cmdline()):
+                out.append(c)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+# -- a dead parent under a stuck handler -------------------------------------------------------------
+
+STUCK = """
+import logging, sys, threading
+import mplog
+
+class Stuck(logging.Handler):
+    def emit(self, record):
+        threading.Event().wait()  # a handler that never returns
+
+if __name__ == "__main__":
+    p = mplog.start([Stuck()])
+    logging.getLogger("x").warning("this one never gets out")
+    p.flush(0.5)
+    print(p.pid, p.address, flush=True)
+    threading.Event().wait(120)
+"""
+
+
+def test_orphaned_listener_with_a_stuck_handler_exits(tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK)
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env_with_root(), cwd=ROOT,
+    )
+    try:
+        assert parent.stdout is not None
+        pid, address = parent.stdout.readline().split()
+        listener = psutil.Process(int(pid))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        t0 = time.monotonic()
+
+        def gone() -> bool:
+            try:
+                return listener.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        wait_until(gone, 5.0, "the orphaned listener to exit")
+        assert time.monotonic() - t0 < 5.0
+        assert not os.path.exists(address)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for f in (parent.stdout, parent.stderr):
+            if f is not None:
+                f.close()

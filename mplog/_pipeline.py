@@ -15,11 +15,13 @@ Rules this module keeps:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import io
 import logging
 import os
 import pathlib
+import select
 import shutil
 import socket
 import stat
@@ -44,6 +46,19 @@ __all__ = ["Pipeline", "start", "worker_init"]
 #: Longest path a Unix socket address may have on Linux (sun_path is 108 bytes with NUL).
 MAX_UNIX_PATH = 107
 _START_METHODS = ("spawn", "forkserver", "fork")
+#: Beyond stop()'s timeout, what ending the listener and cleaning up may take (the
+#: contract: stop(timeout) returns within timeout + 2 s).
+STOP_MARGIN = 1.5
+#: How long stop() waits for multiprocess's resource tracker to end.
+TRACKER_WAIT = 0.5
+#: How often the supervisor reads the listener's counters (kept for when it dies).
+STATS_POLL = 0.25
+#: Stats keys that are a state now, not a count since the start; every other int key
+#: is a counter summed over the listener's incarnations.
+GAUGES = frozenset({
+    "buffered", "buffered_bytes", "connected", "connections", "spooled", "spool_bytes",
+    "pid", "listener_rss", "listener_cpu",
+})
 _DEFAULT_OPTIONS: dict[str, Any] = {
     "start_method": "spawn",
     "start_timeout": 60.0,
@@ -168,25 +183,82 @@ def _forget_inherited_listeners() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_listeners)
 
 
-def _stop_resource_tracker() -> None:
+#: Resource-tracker pids whose pipe other processes still held when we let go of it.
+_unreaped: list[int] = []
+
+
+def _reap_trackers() -> None:
+    """Collect the resource trackers that have ended since :func:`_stop_resource_tracker`
+    let go of them (they end once the last forked process holding their pipe exits)."""
+    for pid in list(_unreaped):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _unreaped.remove(pid)
+
+
+def _wait_pid(pid: int, timeout: float) -> bool:
+    """Reap child *pid* if it ends within *timeout* seconds; True if it did."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
+    try:
+        if pidfd >= 0:
+            select.select([pidfd], [], [], max(0.0, timeout))
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+    return bool(done)
+
+
+def _stop_resource_tracker(timeout: float = TRACKER_WAIT) -> None:
     """End the helper process ``multiprocess`` starts for spawned children.
 
     It would otherwise outlive ``stop()`` until this process exits; ``multiprocess``
-    starts a new one on demand, so other users of it are unaffected.
+    starts a new one on demand, so other users of it are unaffected. The tracker ends
+    when every copy of its pipe is closed; a process forked from this one after
+    ``start()`` (a fork ``Pool``, a ``ProcessPoolExecutor``) holds a copy, so waiting
+    for it could take forever (``multiprocess``'s own ``_stop()`` does). This closes our
+    end, waits at most *timeout*, and otherwise leaves it to end with those processes
+    (reaped by the next ``start()``/``stop()``, or by init when this process exits).
     """
-    from multiprocess import resource_tracker
-
+    _reap_trackers()
     if _live:
         return  # another pipeline of this process still uses it
+    from multiprocess import resource_tracker
+
     tracker = getattr(resource_tracker, "_resource_tracker", None)
-    if getattr(tracker, "_pid", None) is None:
+    pid = getattr(tracker, "_pid", None)
+    if tracker is None or pid is None:
         # Not started by this process: in a child spawned by multiprocess the tracker's fd
-        # is inherited (its pid unknown here) and belongs to the process that started us;
-        # _stop() would close that fd and then fail on waitpid(None).
+        # is inherited (its pid unknown here) and belongs to the process that started us.
         return
-    stop = getattr(tracker, "_stop", None)
-    if stop is not None:
-        stop()
+    with tracker._lock:
+        fd = tracker._fd
+        if fd is None:
+            return
+        tracker._fd = None
+        tracker._pid = None
+        os.close(fd)  # EOF for the tracker, once nobody else holds the pipe
+    if not _wait_pid(pid, timeout):
+        _unreaped.append(pid)
+
+
+def _add_counters(base: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
+    """*base* plus the counters of *snap*; *snap*'s gauges replace *base*'s."""
+    out = dict(base)
+    for k, v in snap.items():
+        if k in GAUGES or isinstance(v, bool) or not isinstance(v, int):
+            out[k] = v
+        else:
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 class Pipeline:
@@ -214,6 +286,13 @@ class Pipeline:
         self._stopped = False
         self._final_stats: dict[str, Any] | None = None
         self.restarts = 0
+        #: Counters of the listeners that died (summed), the latest snapshot of the
+        #: running one, and how many dead ones were folded in.
+        self._stats_lock = threading.Lock()
+        self._base: dict[str, Any] = {}
+        self._last: dict[str, Any] | None = None
+        self._absorbed = 0
+        self.stats_poll_failures = 0
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._supervisor: threading.Thread | None = None
         self._install = install
@@ -297,7 +376,9 @@ class Pipeline:
         failures = 0
         while True:
             proc = self._proc
-            wait([proc.sentinel, self._wake_r])
+            if not wait([proc.sentinel, self._wake_r], timeout=STATS_POLL):
+                self._poll_stats()
+                continue
             with self._lock:
                 if self._stopping:
                     return
@@ -305,6 +386,8 @@ class Pipeline:
                 # a moment before it becomes a zombie; join(0) would then miss it and leave
                 # a zombie behind until multiprocess's next start(). It is dead: wait for it.
                 proc.join(5.0)
+                if self._cfg.incarnation == self._absorbed + 1:
+                    self._absorb_dead_listener(proc.pid, proc.exitcode)
                 try:
                     self._spawn()
                 except ConfigError as exc:
@@ -320,24 +403,78 @@ class Pipeline:
             if wait([self._wake_r], timeout=delay):
                 return
 
+    # -- counters across listener lives --------------------------------------------------
+
+    def _poll_stats(self) -> None:
+        try:
+            self._ask_stats(timeout=1.0)
+        except MplogError:
+            # Dying or busy: the last snapshot stands, and its age is the only error the
+            # counters can have if the listener dies now (see _absorb_dead_listener).
+            self.stats_poll_failures += 1
+
+    def _ask_stats(self, timeout: float) -> dict[str, Any]:
+        """The running listener's own counters (also kept as the latest snapshot)."""
+        reply = control_request(self.address, {"op": "stats"}, timeout=timeout)
+        snap = dict(reply["stats"])
+        with self._stats_lock:
+            proc = self._proc
+            if proc is not None and snap.get("pid") == proc.pid:
+                self._last = snap
+        return snap
+
+    def _absorb_dead_listener(self, pid: int, exitcode: int | None) -> None:
+        """Fold the dead listener's last counters into the pipeline's totals.
+
+        What it held in memory buffers is lost with it: counted in ``dropped``. Records
+        in a spool are not: the next listener sends them.
+        """
+        with self._stats_lock:
+            last, self._last = self._last, None
+            self._absorbed += 1
+            if last is None:
+                return
+            self._base = _add_counters(self._base, last)
+            held = max(0, int(last.get("buffered", 0)) - int(last.get("spooled", 0)))
+            if held:
+                self._base["dropped"] = self._base.get("dropped", 0) + held
+                lost = self._base.get("lost_in_dead_listener", 0) + held
+                self._base["lost_in_dead_listener"] = lost
+                sys.stderr.write(
+                    f"mplog: the listener (pid {pid}) ended with exit code {exitcode}; {held} "
+                    "records it held in memory were not delivered (counted in dropped)\n"
+                )
+
+    def _merged(self, live: dict[str, Any] | None) -> dict[str, Any]:
+        with self._stats_lock:
+            out = _add_counters(self._base, live or {})
+            if live is None:
+                for k in GAUGES:
+                    out.setdefault(k, 0)
+            out.setdefault("lost_in_dead_listener", 0)
+            out["restarts"] = self.restarts
+        return out
+
     # -- public -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters of the pipeline (see the contract's Stats table), plus ``restarts``."""
+        """Counters of the pipeline (see the contract's Stats table), plus ``restarts``.
+
+        They are the pipeline's, for its whole life: the counters of every listener the
+        supervisor restarted are in them, and after :meth:`stop` they are the final ones.
+        """
         if self._final_stats is not None:
             return dict(self._final_stats, restarts=self.restarts)
         deadline = time.monotonic() + 10.0
         while True:
             try:
-                reply = control_request(self.address, {"op": "stats"}, timeout=5.0)
+                live = self._ask_stats(timeout=5.0)
                 break
             except MplogError:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)  # the listener is being restarted; ask again
-        stats = dict(reply["stats"])
-        stats["restarts"] = self.restarts
-        return stats
+        return self._merged(live)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record logged before this call was handled and every socket
@@ -355,33 +492,60 @@ class Pipeline:
         return bool(reply.get("ok"))
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Drain, flush and end the listener; idempotent. Leaves nothing behind."""
+        """Drain, flush and end the listener; idempotent. Leaves nothing behind.
+
+        Returns within *timeout* + 2 s, whatever else is alive (pools forked after
+        :func:`start` included). Records that could not be delivered in that time are
+        counted in ``dropped`` and reported in one line on stderr.
+        """
         if os.getpid() != self._owner:
             return
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ConfigError(f"stop() timeout must be a number of seconds >= 0, got {timeout!r}")
+        deadline = time.monotonic() + timeout + STOP_MARGIN
+
+        def left(cap: float = float("inf")) -> float:
+            return max(0.0, min(cap, deadline - time.monotonic()))
+
         with self._lock:
             if self._stopped:
                 return
             self._stopping = True
         self._wake_w.send_bytes(b"stop")
         if self._supervisor is not None:
-            self._supervisor.join()
+            self._supervisor.join(left())
         self._uninstall()
         proc = self._proc
+        before: dict[str, Any] | None = None
+        with contextlib.suppress(MplogError):  # then the last snapshot is what we know
+            before = self._ask_stats(timeout=left(1.0))
+        final: dict[str, Any] | None = None
         try:
             reply = control_request(
-                self.address, {"op": "stop", "timeout": timeout}, timeout=timeout + 5.0
+                self.address, {"op": "stop", "timeout": timeout}, timeout=left(timeout + 0.75)
             )
-            self._final_stats = reply.get("stats")
+            final = reply.get("stats")
         except MplogError as exc:
-            sys.stderr.write(f"mplog: the listener did not stop cleanly: {exc}\n")
+            why = str(exc)
         if proc is not None:
-            proc.join(timeout + 5.0)
+            proc.join(left(0.5 if final is None else timeout + 1.0))
             if proc.is_alive():
-                proc.terminate()
-                proc.join(2.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+                proc.kill()  # SIGTERM would wait for the same stuck handler
+                proc.join(max(0.3, left()))  # reaped, not left as a zombie
+        with self._stats_lock:
+            last = before if before is not None else self._last
+        if final is not None:
+            self._final_stats = self._merged(final)
+            newly = int(final.get("dropped", 0)) - int((last or {}).get("dropped", 0))
+            if newly > 0:
+                sys.stderr.write(
+                    f"mplog: {newly} records could not be delivered before the pipeline "
+                    f"stopped (counted in dropped)\n"
+                )
+        else:
+            with self._stats_lock:
+                self._last = last
+            self._absorb_dead_listener_at_stop(proc, why, timeout)
         path = pathlib.Path(self.address)
         if path.is_socket():
             path.unlink(missing_ok=True)
@@ -390,10 +554,33 @@ class Pipeline:
         self._wake_r.close()
         self._wake_w.close()
         _live.discard(self)
-        _stop_resource_tracker()
+        _stop_resource_tracker(left(TRACKER_WAIT))
         atexit.unregister(self._atexit)
         with self._lock:
             self._stopped = True
+
+    def _absorb_dead_listener_at_stop(self, proc: Any, why: str, timeout: float) -> None:
+        with self._stats_lock:
+            last, self._last = self._last, None
+            base = _add_counters(self._base, last or {})
+            held = 0
+            if last is not None:
+                held = max(0, int(last.get("buffered", 0)) - int(last.get("spooled", 0)))
+            base["dropped"] = base.get("dropped", 0) + held
+            base["lost_in_dead_listener"] = base.get("lost_in_dead_listener", 0) + held
+            # Nothing is running any more; what was spooled stays on disk for the next run.
+            for k in GAUGES:
+                base[k] = 0
+            if last is not None:
+                base["spooled"] = base["buffered"] = int(last.get("spooled", 0))
+                base["spool_bytes"] = int(last.get("spool_bytes", 0))
+            base["restarts"] = self.restarts
+            self._final_stats = base
+        pid = getattr(proc, "pid", None)
+        sys.stderr.write(
+            f"mplog: the listener (pid {pid}) did not stop within {timeout} s ({why}) and was "
+            f"killed; {held} records it held were not delivered (counted in dropped)\n"
+        )
 
     def _uninstall(self) -> None:
         if self._handler is None:

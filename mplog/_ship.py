@@ -55,9 +55,10 @@ def _stream_marker(stream: object) -> object:
     """How a ``StreamHandler``'s *stream* travels: a marker, a reopen recipe, or itself."""
     if stream is None:
         return None
-    for marker, candidates in ((_STDERR, (sys.stderr, sys.__stderr__)), (_STDOUT, (sys.stdout, sys.__stdout__))):
-        if any(stream is c for c in candidates if c is not None):
-            return marker
+    if stream is sys.stderr or stream is sys.__stderr__:
+        return _STDERR
+    if stream is sys.stdout or stream is sys.__stdout__:
+        return _STDOUT
     try:
         fd = stream.fileno()  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
@@ -106,10 +107,12 @@ def reduce_handler(handler: logging.Handler) -> Any:
 
 
 def _reopen(path: str, encoding: str | None, errors: str | None) -> IO[str]:
-    return open(path, "a", encoding=encoding, errors=errors)  # noqa: SIM115 (the handler owns it)
+    return open(path, "a", encoding=encoding, errors=errors)  # the handler owns it
 
 
-def revive(cls: type[logging.Handler], state: dict[str, Any], kind: str, stream: object) -> logging.Handler:
+def revive(
+    cls: type[logging.Handler], state: dict[str, Any], kind: str, stream: object
+) -> logging.Handler:
     """Build in this process the handler :func:`reduce_handler` described."""
     h = cls.__new__(cls)
     for key, value in list(state.items()):
@@ -133,10 +136,10 @@ def revive(cls: type[logging.Handler], state: dict[str, Any], kind: str, stream:
         else:
             sh.stream = stream
     elif kind == "syslog":
-        assert isinstance(h, logging.handlers.SysLogHandler)
-        h.socket = None  # type: ignore[assignment]
+        syslog: Any = h
+        syslog.socket = None
         try:
-            h.createSocket()
+            syslog.createSocket()
         except OSError as exc:
             # As the stdlib does when the server is not there yet: emit() tries again.
             sys.stderr.write(f"mplog listener: {cls.__name__} cannot connect yet: {exc}\n")

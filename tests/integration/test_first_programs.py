@@ -134,7 +134,9 @@ def _noop(i: int) -> int:
 
 def test_stop_returns_while_pools_made_after_start_are_alive(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "out.log"
-    p = mplog.start([_dress(logging.FileHandler(out))], level=logging.INFO)
+    fh = _dress(logging.FileHandler(out))
+    p = mplog.start([fh], level=logging.INFO)
+    fh.close()
     pool = multiprocessing.get_context("fork").Pool(2)
     ex = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
     try:
@@ -155,13 +157,14 @@ def test_stop_returns_while_pools_made_after_start_are_alive(tmp_path: pathlib.P
     # tracker ends, and mplog reaps it on its next call.
     wait_until(lambda: not _trackers(), 10, "the resource tracker to end")
     mplog._pipeline._reap_trackers()
+    assert not mplog._pipeline._unreaped
 
 
 def _trackers() -> list[psutil.Process]:
     out = []
     for c in psutil.Process().children():
         try:
-            if c.status() != psutil.STATUS_ZOMBIE and "resource_tracker" in " ".join(c.cmdline()):
+            if c.status() != psutil.STATUS_ZOMBIE and "from multiprocess.resource_tracker" in " ".join(c.cmdline()):
                 out.append(c)
         except psutil.NoSuchProcess:
             continue

@@ -29,10 +29,11 @@ from ._errors import ConfigError
 from ._intake import ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
 from .handlers import QueueListener, SocketHandler
 
-__all__ = ["ListenerConfig", "main"]
+__all__ = ["ListenerConfig", "StatsBoard", "main"]
 
-#: How often the watchdog looks at the parent.
-WATCHDOG_TICK = 0.25
+#: How often the watchdog looks at the parent and publishes the counters: what a killed
+#: listener received in its last tick is the only thing its parent's totals miss.
+WATCHDOG_TICK = 0.02
 #: Beyond ORPHAN_CLOSE_TIMEOUT, what the orphaned listener's drain and close may take
 #: before the watchdog ends the process anyway.
 ORPHAN_MARGIN = 1.0
@@ -47,6 +48,59 @@ class ListenerConfig:
     parent_pid: int
     incarnation: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    board: StatsBoard | None = None
+
+
+#: The counters a listener publishes on its :class:`StatsBoard`.
+BOARD_KEYS = (
+    "pid", "received", "handled", "sent", "buffered", "buffered_bytes", "dropped",
+    "reconnects", "connected", "drop_reports", "spooled", "spool_bytes", "spool_damaged",
+    "worker_lost", "torn_frames", "bad_frames", "handler_errors",
+)
+
+
+class StatsBoard:
+    """Shared memory where the listener keeps its latest counters, so that its parent
+    still has them after the listener was killed (the pipeline's counters survive a
+    restart: see ``Pipeline._absorb_dead_listener``).
+
+    Two slots, written in turn; a write ends by pointing ``current`` at its slot and
+    bumping ``writes``, so a reader never sees a half-written slot, even if the writer
+    was killed in the middle of one. Created by the parent (``ctx.RawArray``) and passed
+    to each listener it starts.
+    """
+
+    _N = len(BOARD_KEYS)
+
+    def __init__(self, ctx: Any) -> None:
+        # [current slot, writes, slot 0 ..., slot 1 ...]
+        self._a = ctx.RawArray("q", 2 + 2 * self._N)
+
+    def publish(self, stats: dict[str, Any]) -> None:
+        """Writer side (the listener)."""
+        slot = 1 - self._a[0]
+        base = 2 + slot * self._N
+        for i, key in enumerate(BOARD_KEYS):
+            value = stats.get(key, 0)
+            self._a[base + i] = value if isinstance(value, int) else 0
+        self._a[0] = slot
+        self._a[1] += 1
+
+    def read(self) -> dict[str, int] | None:
+        """Reader side (the parent): the latest complete snapshot, or None if none yet."""
+        for _ in range(100):
+            writes = self._a[1]
+            if writes == 0:
+                return None
+            base = 2 + self._a[0] * self._N
+            values = self._a[base : base + self._N]
+            if self._a[1] == writes:
+                return dict(zip(BOARD_KEYS, values, strict=True))
+        return None  # a writer that never pauses for 100 tries: cannot happen at 50 Hz
+
+    def clear(self) -> None:
+        """Forget the last snapshot (its listener's counters were folded in)."""
+        self._a[1] = 0
 
 
 def _set_pdeathsig(sig: int) -> None:
@@ -76,9 +130,18 @@ def build_handlers(payload: bytes) -> list[logging.Handler]:
     return list(obj)
 
 
-def _watchdog(parent_pid: int, address: str) -> None:
-    """Daemon thread: end this process soon after its parent is gone, stuck or not."""
-    while os.getppid() == parent_pid:
+def _watchdog(cfg: ListenerConfig, server: list[IntakeServer]) -> None:
+    """Daemon thread: publish the counters; end this process soon after its parent is
+    gone, whether the main thread is stuck in a handler or not."""
+    failed = False
+    while os.getppid() == cfg.parent_pid:
+        if cfg.board is not None and server:
+            try:
+                cfg.board.publish(server[0].stats())
+            except Exception as exc:  # keep watching the parent whatever happens here
+                if not failed:
+                    sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
+                failed = True
         time.sleep(WATCHDOG_TICK)
     # Wake the main loop (its signal wakeup fd), which then sees the new parent and
     # starts its own bounded shutdown; this thread only bounds how long that may take.
@@ -91,7 +154,7 @@ def _watchdog(parent_pid: int, address: str) -> None:
         "mplog listener: the parent process is gone and a handler did not finish in "
         f"{ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN:.1f} s; exiting without it\n"
     )
-    pathlib.Path(address).unlink(missing_ok=True)
+    pathlib.Path(cfg.address).unlink(missing_ok=True)
     os._exit(1)
 
 
@@ -100,8 +163,9 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
     _set_pdeathsig(signal.SIGUSR1)
     if os.getppid() != cfg.parent_pid:
         return  # the parent died before we got here
+    running: list[IntakeServer] = []  # the watchdog publishes its counters once it exists
     threading.Thread(
-        target=_watchdog, args=(cfg.parent_pid, cfg.address), name="mplog-watchdog", daemon=True
+        target=_watchdog, args=(cfg, running), name="mplog-watchdog", daemon=True
     ).start()
     try:
         handlers = build_handlers(cfg.handlers)
@@ -123,6 +187,7 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         lsock, cfg.address, listener, handlers, sockets, parent_pid=cfg.parent_pid
     )
     server.install_signals()
+    running.append(server)
     try:
         listener.start()  # opens spools
     except ConfigError as exc:

@@ -15,7 +15,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import atexit
-import contextlib
 import importlib
 import io
 import logging
@@ -36,7 +35,7 @@ from typing import Any
 from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
-from ._listener import ListenerConfig
+from ._listener import ListenerConfig, StatsBoard
 from ._listener import main as listener_main
 from ._ship import reduce_handler
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
@@ -51,8 +50,6 @@ _START_METHODS = ("spawn", "forkserver", "fork")
 STOP_MARGIN = 1.5
 #: How long stop() waits for multiprocess's resource tracker to end.
 TRACKER_WAIT = 0.5
-#: How often the supervisor reads the listener's counters (kept for when it dies).
-STATS_POLL = 0.25
 #: Stats keys that are a state now, not a count since the start; every other int key
 #: is a counter summed over the listener's incarnations.
 GAUGES = frozenset({
@@ -279,6 +276,8 @@ class Pipeline:
         self._tmpdir = tmpdir
         self._options = options
         self._ctx = multiprocess.get_context(options["start_method"])
+        if cfg.board is None:
+            cfg.board = StatsBoard(self._ctx)
         self._owner = os.getpid()
         self._lock = threading.Lock()
         self._proc: Any = None
@@ -286,13 +285,10 @@ class Pipeline:
         self._stopped = False
         self._final_stats: dict[str, Any] | None = None
         self.restarts = 0
-        #: Counters of the listeners that died (summed), the latest snapshot of the
-        #: running one, and how many dead ones were folded in.
+        #: Counters of the listeners that died (summed), and how many were folded in.
         self._stats_lock = threading.Lock()
         self._base: dict[str, Any] = {}
-        self._last: dict[str, Any] | None = None
         self._absorbed = 0
-        self.stats_poll_failures = 0
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._supervisor: threading.Thread | None = None
         self._install = install
@@ -376,9 +372,7 @@ class Pipeline:
         failures = 0
         while True:
             proc = self._proc
-            if not wait([proc.sentinel, self._wake_r], timeout=STATS_POLL):
-                self._poll_stats()
-                continue
+            wait([proc.sentinel, self._wake_r])
             with self._lock:
                 if self._stopping:
                     return
@@ -405,32 +399,28 @@ class Pipeline:
 
     # -- counters across listener lives --------------------------------------------------
 
-    def _poll_stats(self) -> None:
-        try:
-            self._ask_stats(timeout=1.0)
-        except MplogError:
-            # Dying or busy: the last snapshot stands, and its age is the only error the
-            # counters can have if the listener dies now (see _absorb_dead_listener).
-            self.stats_poll_failures += 1
-
     def _ask_stats(self, timeout: float) -> dict[str, Any]:
-        """The running listener's own counters (also kept as the latest snapshot)."""
+        """The running listener's own counters."""
         reply = control_request(self.address, {"op": "stats"}, timeout=timeout)
-        snap = dict(reply["stats"])
-        with self._stats_lock:
-            proc = self._proc
-            if proc is not None and snap.get("pid") == proc.pid:
-                self._last = snap
-        return snap
+        return dict(reply["stats"])
+
+    def _board_snapshot(self, pid: int) -> dict[str, int] | None:
+        """The latest counters listener *pid* published (None: none of its own yet)."""
+        snap = self._cfg.board.read() if self._cfg.board is not None else None
+        return snap if snap is not None and snap["pid"] == pid else None
 
     def _absorb_dead_listener(self, pid: int, exitcode: int | None) -> None:
         """Fold the dead listener's last counters into the pipeline's totals.
 
         What it held in memory buffers is lost with it: counted in ``dropped``. Records
-        in a spool are not: the next listener sends them.
+        in a spool are not: the next listener sends them. The snapshot is at most one
+        ``WATCHDOG_TICK`` (20 ms) old: what the listener received in that last moment is
+        missing from ``received`` (and, if it was still in a buffer, from ``dropped``).
         """
+        last = self._board_snapshot(pid)
+        if self._cfg.board is not None:
+            self._cfg.board.clear()
         with self._stats_lock:
-            last, self._last = self._last, None
             self._absorbed += 1
             if last is None:
                 return
@@ -516,9 +506,7 @@ class Pipeline:
             self._supervisor.join(left())
         self._uninstall()
         proc = self._proc
-        before: dict[str, Any] | None = None
-        with contextlib.suppress(MplogError):  # then the last snapshot is what we know
-            before = self._ask_stats(timeout=left(1.0))
+        before = self._board_snapshot(proc.pid) if proc is not None else None
         final: dict[str, Any] | None = None
         try:
             reply = control_request(
@@ -532,20 +520,16 @@ class Pipeline:
             if proc.is_alive():
                 proc.kill()  # SIGTERM would wait for the same stuck handler
                 proc.join(max(0.3, left()))  # reaped, not left as a zombie
-        with self._stats_lock:
-            last = before if before is not None else self._last
         if final is not None:
             self._final_stats = self._merged(final)
-            newly = int(final.get("dropped", 0)) - int((last or {}).get("dropped", 0))
+            newly = int(final.get("dropped", 0)) - int((before or {}).get("dropped", 0))
             if newly > 0:
                 sys.stderr.write(
                     f"mplog: {newly} records could not be delivered before the pipeline "
                     f"stopped (counted in dropped)\n"
                 )
         else:
-            with self._stats_lock:
-                self._last = last
-            self._absorb_dead_listener_at_stop(proc, why, timeout)
+            self._absorb_dead_listener_at_stop(proc, before, why, timeout)
         path = pathlib.Path(self.address)
         if path.is_socket():
             path.unlink(missing_ok=True)
@@ -559,9 +543,10 @@ class Pipeline:
         with self._lock:
             self._stopped = True
 
-    def _absorb_dead_listener_at_stop(self, proc: Any, why: str, timeout: float) -> None:
+    def _absorb_dead_listener_at_stop(
+        self, proc: Any, last: dict[str, Any] | None, why: str, timeout: float
+    ) -> None:
         with self._stats_lock:
-            last, self._last = self._last, None
             base = _add_counters(self._base, last or {})
             held = 0
             if last is not None:

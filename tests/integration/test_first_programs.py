@@ -16,8 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+
 import psutil
-import pytest
 
 import mplog
 from tests.helpers import ROOT, env_with_root, wait_until
@@ -43,7 +43,7 @@ def _file_handlers(tmp: pathlib.Path) -> dict[str, logging.Handler]:
             tmp / "timed.log", when="h"
         ),
         "WatchedFileHandler": logging.handlers.WatchedFileHandler(tmp / "watched.log"),
-        "StreamHandler-file": logging.StreamHandler(open(tmp / "stream.log", "w")),  # noqa: SIM115
+        "StreamHandler-file": logging.StreamHandler(open(tmp / "stream.log", "w")),
     }
 
 

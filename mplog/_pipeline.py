@@ -48,6 +48,8 @@ _START_METHODS = ("spawn", "forkserver", "fork")
 #: Beyond stop()'s timeout, what ending the listener and cleaning up may take (the
 #: contract: stop(timeout) returns within timeout + 2 s).
 STOP_MARGIN = 1.5
+#: How long stats() waits for the listener's answer before it reads the shared board.
+STATS_TIMEOUT = 2.0
 #: How long stop() waits for multiprocess's resource tracker to end.
 TRACKER_WAIT = 0.5
 #: Stats keys that are a state now, not a count since the start; every other int key
@@ -258,6 +260,15 @@ def _add_counters(base: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _held(snap: dict[str, Any]) -> int:
+    """Records a listener held when it took *snap* that die with it: those read but not
+    yet through its handlers, and those in socket handlers' memory buffers (not the
+    spooled ones: the next listener sends them)."""
+    unhandled = int(snap.get("received", 0)) - int(snap.get("handled", 0))
+    in_memory = int(snap.get("buffered", 0)) - int(snap.get("spooled", 0))
+    return max(0, unhandled) + max(0, in_memory)
+
+
 class Pipeline:
     """A running pipeline: one supervised listener process. Use :func:`start`."""
 
@@ -425,7 +436,7 @@ class Pipeline:
             if last is None:
                 return
             self._base = _add_counters(self._base, last)
-            held = max(0, int(last.get("buffered", 0)) - int(last.get("spooled", 0)))
+            held = _held(last)
             if held:
                 self._base["dropped"] = self._base.get("dropped", 0) + held
                 lost = self._base.get("lost_in_dead_listener", 0) + held
@@ -452,15 +463,23 @@ class Pipeline:
 
         They are the pipeline's, for its whole life: the counters of every listener the
         supervisor restarted are in them, and after :meth:`stop` they are the final ones.
+        A listener that is alive but does not answer (a handler is stuck) is described by
+        the counters it last published, with ``stale=True``.
         """
         if self._final_stats is not None:
             return dict(self._final_stats, restarts=self.restarts)
         deadline = time.monotonic() + 10.0
         while True:
             try:
-                live = self._ask_stats(timeout=5.0)
+                live = self._ask_stats(timeout=STATS_TIMEOUT)
                 break
             except MplogError:
+                proc = self._proc
+                if proc is not None and proc.is_alive():
+                    # Alive but not answering (a handler is stuck): what it published.
+                    snap = self._board_snapshot(proc.pid)
+                    if snap is not None:
+                        return dict(self._merged(snap), stale=True)
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)  # the listener is being restarted; ask again
@@ -548,9 +567,7 @@ class Pipeline:
     ) -> None:
         with self._stats_lock:
             base = _add_counters(self._base, last or {})
-            held = 0
-            if last is not None:
-                held = max(0, int(last.get("buffered", 0)) - int(last.get("spooled", 0)))
+            held = _held(last) if last is not None else 0
             base["dropped"] = base.get("dropped", 0) + held
             base["lost_in_dead_listener"] = base.get("lost_in_dead_listener", 0) + held
             # Nothing is running any more; what was spooled stays on disk for the next run.

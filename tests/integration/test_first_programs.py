@@ -18,6 +18,7 @@ import threading
 import time
 
 import psutil
+import pytest
 
 import mplog
 from tests.helpers import ROOT, env_with_root, wait_until
@@ -221,3 +222,30 @@ def test_orphaned_listener_with_a_stuck_handler_exits(tmp_path: pathlib.Path) ->
         for f in (parent.stdout, parent.stderr):
             if f is not None:
                 f.close()
+
+
+class _Stuck(logging.Handler):
+    """A handler whose emit never returns (until the process ends)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        threading.Event().wait()
+
+
+def test_stop_with_a_stuck_handler_is_bounded_and_counts_the_loss(capfd: pytest.CaptureFixture[str]) -> None:
+    p = mplog.start([_Stuck()], install=False)
+    qh = mplog.QueueHandler(p.address)
+    try:
+        qh.handle(logging.LogRecord("t", logging.WARNING, __file__, 1, "stuck in the handler", None, None))
+        wait_until(lambda: p.stats()["received"] == 1, 10, "the record to reach the listener")
+        t0 = time.monotonic()
+        p.stop(timeout=1.0)
+        took = time.monotonic() - t0
+    finally:
+        qh.close()
+        p.stop()
+    assert took < 1.0 + 2.0, took
+    st = p.stats()
+    assert st["received"] == 1 and st["handled"] == 0 and st["dropped"] == 1, st
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if "did not stop" in ln]
+    assert len(lines) == 1 and "1 records it held were not delivered (counted in dropped)" in lines[0], err

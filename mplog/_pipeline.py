@@ -37,10 +37,20 @@ from ._errors import ConfigError, MplogError
 from ._intake import control_request
 from ._listener import ListenerConfig, StatsBoard
 from ._listener import main as listener_main
+from ._options import check_bool, check_intake_address, check_level, check_seconds
 from ._ship import reduce_handler
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
 
-__all__ = ["Pipeline", "start", "worker_init"]
+__all__ = ["Pipeline", "check_level", "start", "worker_init"]
+
+#: The environment variable through which child processes learn ``start(level=...)``.
+ENV_LEVEL = "MPLOG_LEVEL"
+#: The listener's process name; its spawn skips the re-import of the main module.
+LISTENER_NAME = "mplog-listener"
+MAIN_GUARD_HINT = (
+    "mplog.start() was called while a child process imported the main module; put the "
+    "code that starts the pipeline under `if __name__ == '__main__':`"
+)
 
 #: Longest path a Unix socket address may have on Linux (sun_path is 108 bytes with NUL).
 MAX_UNIX_PATH = 107
@@ -160,6 +170,48 @@ def ship_handlers(handlers: Handlers) -> bytes:
             "pass a callable that builds them there instead"
         ) from exc
     return buf.getvalue()
+
+
+def _importing_main() -> bool:
+    """True while this process is a ``multiprocessing``/``multiprocess`` child importing
+    its parent's main module (the flag their own "bootstrapping phase" check reads)."""
+    for name in ("multiprocessing.process", "multiprocess.process"):
+        mod = sys.modules.get(name)
+        if mod is not None and getattr(mod.current_process(), "_inheriting", False):
+            return True
+    return False
+
+
+_prep_wrapped = False
+
+
+def _listener_skips_main_import() -> None:
+    """Make ``multiprocess`` start the listener without re-importing the main module.
+
+    A spawned child normally runs the parent's main module again (as ``__mp_main__``)
+    so that functions pickled by reference resolve. The listener needs nothing from it:
+    its target is in mplog, and the handlers arrive by value (dill). Skipping it means a
+    script without ``if __name__ == '__main__':`` does not start a second pipeline in
+    the listener, a main module read from stdin (``python - < script.py``) works, and the
+    script's top-level side effects do not run twice. Only the process named
+    :data:`LISTENER_NAME` is affected; called by :func:`start`, never at import.
+    """
+    global _prep_wrapped
+    if _prep_wrapped:
+        return
+    from multiprocess import spawn
+
+    original = spawn.get_preparation_data
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        if name == LISTENER_NAME:
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = get_preparation_data
+    _prep_wrapped = True
 
 
 def _forget_inherited_listeners() -> None:
@@ -306,6 +358,7 @@ class Pipeline:
         self._level = level
         self._saved_root: tuple[list[logging.Handler], int] | None = None
         self._saved_env: str | None = None
+        self._saved_level_env: str | None = None
         self._handler: QueueHandler | None = None
 
     @property
@@ -323,9 +376,10 @@ class Pipeline:
     def _spawn(self) -> None:
         from multiprocess.connection import wait
 
+        _listener_skips_main_import()
         r, w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
-            target=listener_main, args=(self._cfg, w), name="mplog-listener", daemon=False
+            target=listener_main, args=(self._cfg, w), name=LISTENER_NAME, daemon=False
         )
         proc.start()
         w.close()
@@ -375,7 +429,9 @@ class Pipeline:
             root.addHandler(self._handler)
             root.setLevel(self._level)
             self._saved_env = os.environ.get(ENV_ADDRESS)
+            self._saved_level_env = os.environ.get(ENV_LEVEL)
             os.environ[ENV_ADDRESS] = self.address
+            os.environ[ENV_LEVEL] = str(self._level)
 
     def _supervise(self) -> None:
         from multiprocess.connection import wait
@@ -601,6 +657,10 @@ class Pipeline:
                 del os.environ[ENV_ADDRESS]
             else:
                 os.environ[ENV_ADDRESS] = self._saved_env
+            if self._saved_level_env is None:
+                os.environ.pop(ENV_LEVEL, None)
+            else:
+                os.environ[ENV_LEVEL] = self._saved_level_env
 
     def _atexit(self) -> None:
         self.stop()
@@ -631,16 +691,8 @@ def check_options(options: dict[str, Any], who: str) -> dict[str, Any]:
             f"start_method must be one of {', '.join(_START_METHODS)}; "
             f"got {opts['start_method']!r}"
         )
+    opts["start_timeout"] = check_seconds(opts["start_timeout"], "start_timeout")
     return opts
-
-
-def check_level(level: object) -> int:
-    """A level as an int, from an int or a name (any case); :class:`ConfigError` if not."""
-    if isinstance(level, str):
-        level = logging.getLevelName(level.upper())
-    if isinstance(level, bool) or not isinstance(level, int):
-        raise ConfigError(f"unknown level {level!r}")
-    return level
 
 
 def start(
@@ -672,8 +724,18 @@ def start(
         ConfigError: an unknown option, a bad handlers argument, an address that cannot be
             bound, or a handlers factory that raised in the listener.
     """
+    if _importing_main():
+        # This process is a spawn/forkserver child re-importing the main module of its
+        # parent, whose top level calls start(): say so once, and end this child.
+        sys.stderr.write(f"mplog: {MAIN_GUARD_HINT}\n")
+        raise SystemExit(1)
     opts = check_options(options, "mplog.start()")
     level = check_level(level)
+    check_bool(install, "install")
+    if address is not None and not isinstance(address, str | os.PathLike):
+        raise ConfigError(
+            f"address must be a Unix socket path (str) or None, got {type(address).__name__}"
+        )
     if (handlers is None) == (config is None):
         raise ConfigError("mplog.start() needs handlers or config=, and not both")
     if config is not None:
@@ -698,26 +760,33 @@ def start(
     return pipeline
 
 
-def worker_init(address: str | None = None, *, level: int = logging.NOTSET) -> None:
+def worker_init(address: str | None = None, *, level: int | str | None = None) -> None:
     """Log this process's records into the pipeline at *address* (or ``$MPLOG_ADDRESS``).
 
     Replaces the root logger's handlers with one :class:`mplog.QueueHandler`, sets the
-    root level, and exports ``MPLOG_ADDRESS`` for this process's children. Calling it
-    again with the same address changes nothing. Suitable as ``initializer=`` of
-    ``multiprocessing.Pool`` and ``ProcessPoolExecutor``.
+    root level (*level*; by default the one ``start(level=...)`` exported in
+    ``MPLOG_LEVEL``, else NOTSET), and exports ``MPLOG_ADDRESS`` for this process's
+    children. Calling it again with the same address changes nothing. Suitable as
+    ``initializer=`` of ``multiprocessing.Pool`` and ``ProcessPoolExecutor``.
 
     Raises:
-        ConfigError: neither *address* nor ``MPLOG_ADDRESS`` is set.
+        ConfigError: neither *address* nor ``MPLOG_ADDRESS`` is set, no listener accepts
+            connections at the address, or *level* is not a level.
     """
     address = resolve_address(address)
+    if level is None:
+        level = os.environ.get(ENV_LEVEL) or logging.NOTSET
+    level = check_level(level)
     root = logging.getLogger()
+    if any(isinstance(h, QueueHandler) and h.address == address for h in root.handlers):
+        root.setLevel(level)
+        os.environ[ENV_ADDRESS] = address
+        return
+    check_intake_address(address, "mplog.worker_init()")
     root.setLevel(level)
     os.environ[ENV_ADDRESS] = address
-    if any(isinstance(h, QueueHandler) and h.address == address for h in root.handlers):
-        return
     for h in list(root.handlers):
         root.removeHandler(h)
         if isinstance(h, QueueHandler):
             h.close()
     root.addHandler(QueueHandler(address))
-

@@ -135,6 +135,7 @@ def _noop(i: int) -> int:
 
 def test_stop_returns_while_pools_made_after_start_are_alive(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "out.log"
+    before = set(mplog._pipeline._unreaped)
     fh = _dress(logging.FileHandler(out))
     p = mplog.start([fh], level=logging.INFO)
     fh.close()
@@ -156,20 +157,14 @@ def test_stop_returns_while_pools_made_after_start_are_alive(tmp_path: pathlib.P
         p.stop()
     # The pools' workers held multiprocess's resource-tracker pipe; with them gone the
     # tracker ends, and mplog reaps it on its next call.
-    wait_until(lambda: not _trackers(), 10, "the resource tracker to end")
-    mplog._pipeline._reap_trackers()
-    assert not mplog._pipeline._unreaped
+    ours = set(mplog._pipeline._unreaped) - before
+    assert ours, "the tracker was still held by the pools at stop(): the case under test"
 
+    def reaped() -> bool:
+        mplog._pipeline._reap_trackers()
+        return not ours & set(mplog._pipeline._unreaped)
 
-def _trackers() -> list[psutil.Process]:
-    out = []
-    for c in psutil.Process().children():
-        try:
-            if c.status() != psutil.STATUS_ZOMBIE and "from multiprocess.resource_tracker" in " ".join(c.cmdline()):
-                out.append(c)
-        except psutil.NoSuchProcess:
-            continue
-    return out
+    wait_until(reaped, 10, "the resource tracker to end and be reaped")
 
 
 # -- a dead parent under a stuck handler -------------------------------------------------------------
@@ -249,3 +244,94 @@ def test_stop_with_a_stuck_handler_is_bounded_and_counts_the_loss(capfd: pytest.
     err = capfd.readouterr().err
     lines = [ln for ln in err.splitlines() if "did not stop" in ln]
     assert len(lines) == 1 and "1 records it held were not delivered (counted in dropped)" in lines[0], err
+
+
+# -- the mistakes a first program makes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"level": "VERBOSE"},
+         "unknown level 'VERBOSE'; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL or an int"),
+        ({"level": -3}, "unknown level -3; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL or an int"),
+        ({"start_method": "thread"}, "start_method must be one of spawn, forkserver, fork; got 'thread'"),
+        ({"start_timeout": 0}, "start_timeout must be a number of seconds > 0, got 0"),
+        ({"start_timeout": "10"}, "start_timeout must be a number of seconds > 0, got '10'"),
+        ({"install": "yes"}, "install must be True or False, got 'yes'"),
+        ({"address": 42}, "address must be a Unix socket path (str) or None, got int"),
+    ],
+)
+def test_start_checks_every_option(kwargs: dict[str, object], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(mplog.ENV_ADDRESS, raising=False)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    with pytest.raises(mplog.ConfigError) as info:
+        mplog.start([logging.NullHandler()], **kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    assert root.handlers == before and mplog.ENV_ADDRESS not in os.environ
+
+
+def test_worker_init_with_a_typo_fails_at_once(tmp_path: pathlib.Path) -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    t0 = time.monotonic()
+    with pytest.raises(mplog.ConfigError, match=r"^mplog\.worker_init\(\): no mplog listener at '/typo\.sock'"):
+        mplog.worker_init("/typo.sock")
+    assert time.monotonic() - t0 < 1.0
+    assert root.handlers == before
+    with pytest.raises(mplog.ConfigError, match=r"^unknown level 'LOUD'"):
+        mplog.worker_init("/typo.sock", level="LOUD")
+
+
+NO_MAIN_GUARD = """
+import logging, multiprocessing, sys
+import mplog
+
+def work(i):
+    return i
+
+p = mplog.start([logging.StreamHandler(sys.stdout)])
+logging.getLogger("script").warning("the parent logs")
+p.flush()
+if sys.argv[1:] == ["pool"]:
+    # A spawn child imports this module again and meets start() at its top level.
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=work, args=(1,))
+    child.start()
+    child.join(60)
+    print("child exit code", child.exitcode, flush=True)
+p.stop()
+"""
+
+
+def _run_script(code: str, *args: str, stdin: str | None = None, path: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, str(path)] if path is not None else [sys.executable, "-"]
+    return subprocess.run(
+        [*argv, *args], input=stdin, capture_output=True, text=True, env=env_with_root(),
+        cwd=ROOT, timeout=60, check=False,
+    )
+
+
+def test_a_script_without_main_guard(tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_MAIN_GUARD)
+    run = _run_script(NO_MAIN_GUARD, path=script)
+    # The listener does not run the script again: the pipeline just works.
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout.splitlines() == ["the parent logs"], run.stdout
+    # A spawn child that meets start() while importing the script ends with one line.
+    run = _run_script(NO_MAIN_GUARD, "pool", path=script)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "child exit code 1" in run.stdout
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        "mplog: mplog.start() was called while a child process imported the main module; put the "
+        "code that starts the pipeline under `if __name__ == '__main__':`"
+    ], run.stderr
+
+
+def test_a_main_module_read_from_stdin() -> None:
+    run = _run_script("", stdin=NO_MAIN_GUARD)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout.splitlines() == ["the parent logs"], run.stdout

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _autojoin
 from ._errors import ConfigError
 from ._intake import ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
 from .handlers import QueueListener, SocketHandler
@@ -161,6 +162,7 @@ def _watchdog(cfg: ListenerConfig, server: list[IntakeServer]) -> None:
 def main(cfg: ListenerConfig, ready: Any) -> None:
     """Entry point of the listener process."""
     _set_pdeathsig(signal.SIGUSR1)
+    _autojoin.leave()  # the listener never sends its own records to itself
     if os.getppid() != cfg.parent_pid:
         return  # the parent died before we got here
     running: list[IntakeServer] = []  # the watchdog publishes its counters once it exists

@@ -32,6 +32,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._autojoin import join_if_child
 from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
@@ -282,6 +283,12 @@ def _stop_resource_tracker(timeout: float = TRACKER_WAIT) -> None:
     _reap_trackers()
     if _live:
         return  # another pipeline of this process still uses it
+    if any(m in sys.modules for m in ("multiprocess.synchronize", "multiprocess.shared_memory")):
+        # Something else in this process made semaphores or shared memory with
+        # multiprocess, which the tracker must clean up (or unregister) later: it is theirs
+        # too, and stopping it now would unlink them under their feet. It ends when this
+        # process ends, as the stdlib's own tracker does.
+        return
     from multiprocess import resource_tracker
 
     tracker = getattr(resource_tracker, "_resource_tracker", None)
@@ -790,3 +797,8 @@ def worker_init(address: str | None = None, *, level: int | str | None = None) -
         if isinstance(h, QueueHandler):
             h.close()
     root.addHandler(QueueHandler(address))
+
+
+# A spawn/forkserver child of a configured process joins its pipeline (mplog._autojoin);
+# in any other process this does nothing.
+join_if_child()

@@ -269,6 +269,20 @@ def _wait_pid(pid: int, timeout: float) -> bool:
     return bool(done)
 
 
+def _tracker_in_use() -> bool:
+    """True if objects made with multiprocess still need its resource tracker: a live
+    semaphore (a Lock, Queue or Pool not yet garbage collected), or shared memory."""
+    if "multiprocess.shared_memory" in sys.modules:
+        return True
+    sync: Any = sys.modules.get("multiprocess.synchronize")
+    util: Any = sys.modules.get("multiprocess.util")
+    if sync is None or util is None:
+        return False
+    cleanup = sync.SemLock._cleanup
+    registry = getattr(util, "_finalizer_registry", {})
+    return any(getattr(f, "_callback", None) is cleanup for f in list(registry.values()))
+
+
 def _stop_resource_tracker(timeout: float = TRACKER_WAIT) -> None:
     """End the helper process ``multiprocess`` starts for spawned children.
 
@@ -283,8 +297,8 @@ def _stop_resource_tracker(timeout: float = TRACKER_WAIT) -> None:
     _reap_trackers()
     if _live:
         return  # another pipeline of this process still uses it
-    if any(m in sys.modules for m in ("multiprocess.synchronize", "multiprocess.shared_memory")):
-        # Something else in this process made semaphores or shared memory with
+    if _tracker_in_use():
+        # Something else in this process holds semaphores or shared memory made with
         # multiprocess, which the tracker must clean up (or unregister) later: it is theirs
         # too, and stopping it now would unlink them under their feet. It ends when this
         # process ends, as the stdlib's own tracker does.

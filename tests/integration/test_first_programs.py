@@ -335,3 +335,22 @@ def test_a_main_module_read_from_stdin() -> None:
     run = _run_script("", stdin=NO_MAIN_GUARD)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert run.stdout.splitlines() == ["the parent logs"], run.stdout
+
+
+def test_stop_names_what_it_could_not_deliver(capfd: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    h = mplog.SocketHandler("127.0.0.1", port)
+    p = mplog.start([h])
+    h.close()
+    for i in range(5):
+        logging.getLogger("app").warning("undeliverable %d", i)
+    assert not p.flush(0.5)
+    t0 = time.monotonic()
+    p.stop(timeout=0.5)
+    assert time.monotonic() - t0 < 0.5 + 2.0
+    st = p.stats()
+    assert (st["received"], st["sent"], st["buffered"], st["dropped"]) == (5, 0, 0, 5), st
+    err = capfd.readouterr().err
+    assert err.count("5 records could not be delivered before the pipeline stopped (counted in dropped)") == 1, err

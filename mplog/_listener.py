@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import select
 import signal
 import sys
 import threading
@@ -131,11 +132,27 @@ def build_handlers(payload: bytes) -> list[logging.Handler]:
     return list(obj)
 
 
-def _watchdog(cfg: ListenerConfig, server: list[IntakeServer]) -> None:
-    """Daemon thread: publish the counters; end this process soon after its parent is
-    gone, whether the main thread is stuck in a handler or not."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watchdog(cfg: ListenerConfig, starter_fd: int, server: list[IntakeServer]) -> None:
+    """Daemon thread: publish the counters; end this process soon after the process that
+    called ``start()`` is gone, whether the main thread is stuck in a handler or not."""
     failed = False
     while os.getppid() == cfg.parent_pid:
+        if starter_fd >= 0:
+            gone, _, _ = select.select([starter_fd], [], [], WATCHDOG_TICK)
+            if gone:
+                break
+        else:
+            time.sleep(WATCHDOG_TICK)
         if cfg.board is not None and server:
             try:
                 cfg.board.publish(server[0].stats())
@@ -143,11 +160,12 @@ def _watchdog(cfg: ListenerConfig, server: list[IntakeServer]) -> None:
                 if not failed:
                     sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
                 failed = True
-        time.sleep(WATCHDOG_TICK)
-    # Wake the main loop (its signal wakeup fd), which then sees the new parent and
-    # starts its own bounded shutdown; this thread only bounds how long that may take.
+    if server:
+        # The intake loop compares getppid() with this on every turn: now it cannot
+        # match, so the loop starts its own bounded shutdown (drain, deliver, close).
+        server[0].parent_pid = -1
     try:
-        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR1)  # wake the loop (its signal wakeup fd)
     except OSError as exc:
         sys.stderr.write(f"mplog listener: cannot wake the main loop: {exc}\n")
     time.sleep(ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN)
@@ -163,11 +181,27 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
     """Entry point of the listener process."""
     _set_pdeathsig(signal.SIGUSR1)
     _autojoin.leave()  # the listener never sends its own records to itself
+    starter_pid = cfg.parent_pid
     if os.getppid() != cfg.parent_pid:
-        return  # the parent died before we got here
+        from multiprocess import parent_process
+
+        starter = parent_process()
+        if starter is None or starter.pid != cfg.parent_pid:
+            return  # the parent died before we got here
+        # start_method="forkserver": our parent is the fork server. It outlives the
+        # process that called start() as long as we live (we hold its "alive" pipe), so
+        # the watchdog watches that process itself, and the intake loop watches the
+        # fork server.
+        cfg.parent_pid = os.getppid()
+    try:
+        starter_fd = os.pidfd_open(starter_pid)
+    except OSError:  # gone already, or a kernel without pidfd (< 5.3): getppid() only
+        starter_fd = -1
+        if not _alive(starter_pid):
+            return
     running: list[IntakeServer] = []  # the watchdog publishes its counters once it exists
     threading.Thread(
-        target=_watchdog, args=(cfg, running), name="mplog-watchdog", daemon=True
+        target=_watchdog, args=(cfg, starter_fd, running), name="mplog-watchdog", daemon=True
     ).start()
     try:
         handlers = build_handlers(cfg.handlers)

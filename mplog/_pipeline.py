@@ -322,6 +322,34 @@ def _stop_resource_tracker(timeout: float = TRACKER_WAIT) -> None:
         _unreaped.append(pid)
 
 
+def _stop_forkserver(timeout: float) -> None:
+    """End the fork server ``multiprocess`` started for ``start_method="forkserver"``.
+
+    Like :func:`_stop_resource_tracker`: close our end of its "alive" pipe and wait at
+    most *timeout*; processes it forked keep a copy of that pipe, so it may end later
+    (reaped by the next ``start()``/``stop()``). ``multiprocess`` starts a new one on
+    demand.
+    """
+    if _live:
+        return
+    from multiprocess import forkserver
+
+    server: Any = getattr(forkserver, "_forkserver", None)
+    if server is None:
+        return
+    with server._lock:
+        pid, fd = server._forkserver_pid, server._forkserver_alive_fd
+        if pid is None or fd is None:
+            return
+        address = server._forkserver_address
+        server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
+        os.close(fd)
+        if address and not address.startswith("\0"):
+            pathlib.Path(address).unlink(missing_ok=True)
+    if not _wait_pid(pid, timeout):
+        _unreaped.append(pid)
+
+
 def _add_counters(base: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
     """*base* plus the counters of *snap*; *snap*'s gauges replace *base*'s."""
     out = dict(base)
@@ -634,6 +662,8 @@ class Pipeline:
         self._wake_r.close()
         self._wake_w.close()
         _live.discard(self)
+        if self._options["start_method"] == "forkserver":
+            _stop_forkserver(left(TRACKER_WAIT))
         _stop_resource_tracker(left(TRACKER_WAIT))
         atexit.unregister(self._atexit)
         with self._lock:

@@ -178,7 +178,7 @@ class Stuck(logging.Handler):
         threading.Event().wait()  # a handler that never returns
 
 if __name__ == "__main__":
-    p = mplog.start([Stuck()])
+    p = mplog.start([Stuck()], start_method=sys.argv[1])
     logging.getLogger("x").warning("this one never gets out")
     p.flush(0.5)
     print(p.pid, p.address, flush=True)
@@ -186,11 +186,12 @@ if __name__ == "__main__":
 """
 
 
-def test_orphaned_listener_with_a_stuck_handler_exits(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_orphaned_listener_with_a_stuck_handler_exits(tmp_path: pathlib.Path, method: str) -> None:
     script = tmp_path / "stuck.py"
     script.write_text(STUCK)
     parent = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, str(script), method], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=env_with_root(), cwd=ROOT,
     )
     try:
@@ -354,3 +355,13 @@ def test_stop_names_what_it_could_not_deliver(capfd: pytest.CaptureFixture[str])
     assert (st["received"], st["sent"], st["buffered"], st["dropped"]) == (5, 0, 0, 5), st
     err = capfd.readouterr().err
     assert err.count("5 records could not be delivered before the pipeline stopped (counted in dropped)") == 1, err
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_every_start_method(tmp_path: pathlib.Path, method: str, start_pipeline) -> None:
+    fh = _dress(logging.FileHandler(tmp_path / "out.log"))
+    p = start_pipeline([fh], start_method=method)
+    fh.close()
+    logging.getLogger("app").warning("main")
+    assert p.flush(10)
+    assert (tmp_path / "out.log").read_text().splitlines() == ["WARNING|app|main"]

@@ -28,14 +28,17 @@ from typing import Any
 
 from . import _autojoin
 from ._errors import ConfigError
-from ._intake import ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
+from ._intake import IDLE_TICK, ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
 from .handlers import QueueListener, SocketHandler
 
 __all__ = ["ListenerConfig", "StatsBoard", "main"]
 
-#: How often the watchdog looks at the parent and publishes the counters: what a killed
-#: listener received in its last tick is the only thing its parent's totals miss.
+#: How often the watchdog publishes the counters while records flow: what a killed
+#: listener received in its last tick is missing from its parent's totals. (Idle, it
+#: wakes every IDLE_TICK; the parent's end wakes it at once through a pidfd.)
 WATCHDOG_TICK = 0.02
+#: How often an idle listener (nothing received, nothing buffered) publishes anyway.
+IDLE_PUBLISH = 1.0
 #: Beyond ORPHAN_CLOSE_TIMEOUT, what the orphaned listener's drain and close may take
 #: before the watchdog ends the process anyway.
 ORPHAN_MARGIN = 1.0
@@ -146,20 +149,33 @@ def _watchdog(cfg: ListenerConfig, starter_fd: int, server: list[IntakeServer]) 
     """Daemon thread: publish the counters; end this process soon after the process that
     called ``start()`` is gone, whether the main thread is stuck in a handler or not."""
     failed = False
+    published: tuple[int, int, float] = (-1, 0, 0.0)  # received, buffered, when
+    tick = IDLE_TICK
     while os.getppid() == cfg.parent_pid:
-        if starter_fd >= 0:
-            gone, _, _ = select.select([starter_fd], [], [], WATCHDOG_TICK)
+        if starter_fd >= 0:  # readable the moment that process ends
+            gone, _, _ = select.select([starter_fd], [], [], tick)
             if gone:
                 break
         else:
-            time.sleep(WATCHDOG_TICK)
-        if cfg.board is not None and server:
-            try:
-                cfg.board.publish(server[0].stats())
-            except Exception as exc:  # keep watching the parent whatever happens here
-                if not failed:
-                    sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
-                failed = True
+            time.sleep(tick)
+        if cfg.board is None or not server:
+            continue
+        now = time.monotonic()
+        # Publish while records flow or wait in buffers (what a SIGKILL would cost);
+        # idle, once a second: stats() is not free (it reads this process's RSS and CPU).
+        busy = server[0].received != published[0] or published[1] > 0
+        tick = WATCHDOG_TICK if busy else IDLE_TICK
+        if not busy and now - published[2] < IDLE_PUBLISH:
+            continue
+        try:
+            stats = server[0].stats()
+            cfg.board.publish(stats)
+        except Exception as exc:  # keep watching the parent whatever happens here
+            if not failed:
+                sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
+            failed = True
+        else:
+            published = (int(stats.get("received", 0)), int(stats.get("buffered", 0)), now)
     if server:
         # The intake loop compares getppid() with this on every turn: now it cannot
         # match, so the loop starts its own bounded shutdown (drain, deliver, close).

@@ -145,52 +145,83 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _watchdog(cfg: ListenerConfig, starter_fd: int, server: list[IntakeServer]) -> None:
-    """Daemon thread: publish the counters; end this process soon after the process that
-    called ``start()`` is gone, whether the main thread is stuck in a handler or not."""
-    failed = False
-    published: tuple[int, int, float] = (-1, 0, 0.0)  # received, buffered, when
-    tick = IDLE_TICK
-    while os.getppid() == cfg.parent_pid:
-        if starter_fd >= 0:  # readable the moment that process ends
-            gone, _, _ = select.select([starter_fd], [], [], tick)
-            if gone:
-                break
-        else:
-            time.sleep(tick)
-        if cfg.board is None or not server:
-            continue
-        now = time.monotonic()
-        # Publish while records flow or wait in buffers (what a SIGKILL would cost);
-        # idle, once a second: stats() is not free (it reads this process's RSS and CPU).
-        busy = server[0].received != published[0] or published[1] > 0
-        tick = WATCHDOG_TICK if busy else IDLE_TICK
-        if not busy and now - published[2] < IDLE_PUBLISH:
-            continue
+class _Watchdog:
+    """The listener's second thread: publishes the counters on the :class:`StatsBoard`
+    and ends this process soon after the process that called ``start()`` is gone,
+    whether the main thread is stuck in a handler or not.
+
+    It sleeps while the listener is idle; the first batch after a pause wakes it at once
+    (:meth:`activity`, through a pipe), and it publishes every ``WATCHDOG_TICK`` while
+    records flow or wait in buffers (what a SIGKILL would cost).
+    """
+
+    def __init__(self, cfg: ListenerConfig, starter_fd: int) -> None:
+        self.cfg = cfg
+        self.starter_fd = starter_fd
+        self.server: IntakeServer | None = None
+        self.idle = True
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    def activity(self) -> None:
+        """Main thread, after each batch: wake the watchdog if it is idling."""
+        if self.idle:
+            self.idle = False
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                return  # a wake-up is already pending
+
+    def run(self) -> None:
+        cfg = self.cfg
+        failed = False
+        published: tuple[int, int, float] = (-1, 0, 0.0)  # received, buffered, when
+        tick = WATCHDOG_TICK
+        fds = [self._wake_r] + ([self.starter_fd] if self.starter_fd >= 0 else [])
+        while os.getppid() == cfg.parent_pid:
+            ready, _, _ = select.select(fds, [], [], tick)
+            if self.starter_fd in ready:
+                break  # a pidfd is readable once its process has ended
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            server = self.server
+            if cfg.board is None or server is None:
+                continue
+            now = time.monotonic()
+            self.idle = True  # before the check: a batch from now on wakes us
+            busy = server.received != published[0] or published[1] > 0
+            if busy:
+                self.idle = False
+            tick = WATCHDOG_TICK if busy else IDLE_TICK
+            if not busy and now - published[2] < IDLE_PUBLISH:
+                continue  # idle: stats() is not free (it reads this process's RSS and CPU)
+            try:
+                stats = server.stats()
+                cfg.board.publish(stats)
+            except Exception as exc:  # keep watching the parent whatever happens here
+                if not failed:
+                    sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
+                failed = True
+            else:
+                published = (int(stats.get("received", 0)), int(stats.get("buffered", 0)), now)
+        self._orphaned()
+
+    def _orphaned(self) -> None:
+        if self.server is not None:
+            # The intake loop compares getppid() with this on every turn: now it cannot
+            # match, so the loop starts its own bounded shutdown (drain, deliver, close).
+            self.server.parent_pid = -1
         try:
-            stats = server[0].stats()
-            cfg.board.publish(stats)
-        except Exception as exc:  # keep watching the parent whatever happens here
-            if not failed:
-                sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
-            failed = True
-        else:
-            published = (int(stats.get("received", 0)), int(stats.get("buffered", 0)), now)
-    if server:
-        # The intake loop compares getppid() with this on every turn: now it cannot
-        # match, so the loop starts its own bounded shutdown (drain, deliver, close).
-        server[0].parent_pid = -1
-    try:
-        os.kill(os.getpid(), signal.SIGUSR1)  # wake the loop (its signal wakeup fd)
-    except OSError as exc:
-        sys.stderr.write(f"mplog listener: cannot wake the main loop: {exc}\n")
-    time.sleep(ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN)
-    sys.stderr.write(
-        "mplog listener: the parent process is gone and a handler did not finish in "
-        f"{ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN:.1f} s; exiting without it\n"
-    )
-    pathlib.Path(cfg.address).unlink(missing_ok=True)
-    os._exit(1)
+            os.kill(os.getpid(), signal.SIGUSR1)  # wake the loop (its signal wakeup fd)
+        except OSError as exc:
+            sys.stderr.write(f"mplog listener: cannot wake the main loop: {exc}\n")
+        time.sleep(ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN)
+        sys.stderr.write(
+            "mplog listener: the parent process is gone and a handler did not finish in "
+            f"{ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN:.1f} s; exiting without it\n"
+        )
+        pathlib.Path(self.cfg.address).unlink(missing_ok=True)
+        os._exit(1)
 
 
 def main(cfg: ListenerConfig, ready: Any) -> None:
@@ -215,10 +246,8 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         starter_fd = -1
         if not _alive(starter_pid):
             return
-    running: list[IntakeServer] = []  # the watchdog publishes its counters once it exists
-    threading.Thread(
-        target=_watchdog, args=(cfg, starter_fd, running), name="mplog-watchdog", daemon=True
-    ).start()
+    watchdog = _Watchdog(cfg, starter_fd)
+    threading.Thread(target=watchdog.run, name="mplog-watchdog", daemon=True).start()
     try:
         handlers = build_handlers(cfg.handlers)
     except Exception as exc:
@@ -239,7 +268,14 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         lsock, cfg.address, listener, handlers, sockets, parent_pid=cfg.parent_pid
     )
     server.install_signals()
-    running.append(server)
+    inner = listener.handle_batch
+
+    def handle_batch(batch: list[dict[str, Any]]) -> None:
+        inner(batch)
+        watchdog.activity()
+
+    listener.handle_batch = handle_batch  # type: ignore[method-assign]
+    watchdog.server = server  # it publishes the counters from now on
     try:
         listener.start()  # opens spools
     except ConfigError as exc:

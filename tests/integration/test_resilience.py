@@ -702,7 +702,8 @@ def test_counters_survive_listener_restarts(receiver: Receiver, start_pipeline) 
     delivered = len({(r["tag"], r["i"]) for r in _ours(receiver)})
     st = p.stats()
     uncounted = logged - delivered - st["dropped"]
-    print(f"logged={logged} delivered={delivered} stats={st} uncounted={uncounted}")
+    print(f"logged={logged} delivered={delivered} received={st['received']} sent={st['sent']} "
+          f"dropped={st['dropped']} lost_in_dead_listener={st['lost_in_dead_listener']} uncounted={uncounted}")
     assert st["restarts"] == 3, st
     # The counters are the pipeline's, not the last listener's: it saw a quarter at most.
     assert st["received"] == st["handled"], st

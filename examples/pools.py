@@ -7,8 +7,12 @@ Run it:
 
 The parent calls ``mplog.start()`` once. Pool workers get ``initializer=mplog.worker_init``;
 ``worker_init`` reads the pipeline's address from ``MPLOG_ADDRESS``, which ``start()``
-exported, so it needs no argument. (Forked workers are configured already; the
-initializer makes spawn and forkserver workers, and billiard's, work the same way.)
+exported, so it needs no argument. (Forked workers are configured already, and spawn
+and forkserver workers join by themselves when their main module imports mplog, as this
+one does; the initializer makes it explicit, and covers billiard's workers too.)
+
+The default mode ships a ``logging.StreamHandler(sys.stderr)`` instance to the listener:
+a list of handler instances works like a factory, for every stdlib handler.
 """
 
 from __future__ import annotations

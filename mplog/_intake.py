@@ -296,27 +296,17 @@ class IntakeClient:
         self._ack_part = b""
         return s
 
-    def check(self) -> None:
-        """Connect now (within the outage budget); :class:`ConfigError` naming the address
-        if no listener answers there, so a wrong address fails at configuration time."""
-        deadline = time.monotonic() + self.outage_budget
-        with self._lock:
-            while self._sock is None:
-                self._sock = self._connect()
-                if self._sock is None:
-                    if time.monotonic() >= deadline:
-                        raise ConfigError(self._unreachable())
-                    time.sleep(RETRY_INTERVAL)
+    def check(self, who: str = "mplog.QueueHandler") -> None:
+        """Connect now; :class:`ConfigError` naming the address if no listener answers
+        there, so a wrong address fails at configuration time, not at the first record."""
+        from ._options import check_intake_address
 
-    def _unreachable(self) -> str:
-        if not os.path.exists(self.address):
-            why = "no such socket file"
-        elif not stat.S_ISSOCK(os.stat(self.address).st_mode):
-            why = "the path is not a socket"
-        else:
-            why = "nothing is listening there"
-        return (f"no mplog listener at address {self.address!r} ({why}); pass the address "
-                f"of a running pipeline (Pipeline.address, or ${'MPLOG_ADDRESS'})")
+        with self._lock:
+            if self._sock is None:
+                self._sock = self._connect()
+            if self._sock is None:
+                check_intake_address(self.address, who)  # raises, saying why
+                self._sock = self._connect()  # it came back meanwhile
 
     def send(self, frame: bytes) -> bool:
         """Write *frame* to the listener. Return False if it had to be written to stderr.

@@ -7,6 +7,10 @@ Rules this module keeps:
 - The intake server (``mplog._intake.IntakeServer``) runs in the main thread until it is
   asked to stop or the parent dies (``PR_SET_PDEATHSIG`` where available, and a
   ``getppid()`` check on every loop turn).
+- A watchdog thread outlives a stuck main thread: a handler that blocks forever cannot keep
+  an orphaned listener alive. When the parent is gone it wakes the loop, gives the
+  handlers ``ORPHAN_CLOSE_TIMEOUT`` (plus a margin for the drain) to deliver what they
+  hold, then removes the socket file and ends the process with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -14,17 +18,31 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import select
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _autojoin
 from ._errors import ConfigError
-from ._intake import IntakeServer, bind
+from ._intake import IDLE_TICK, ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
 from ._proctitle import set_listener_title
 from .handlers import QueueListener, SocketHandler
 
-__all__ = ["ListenerConfig", "main"]
+__all__ = ["ListenerConfig", "StatsBoard", "main"]
+
+#: How often the watchdog publishes the counters while records flow: what a killed
+#: listener received in its last tick is missing from its parent's totals. (Idle, it
+#: wakes every IDLE_TICK; the parent's end wakes it at once through a pidfd.)
+WATCHDOG_TICK = 0.02
+#: How often an idle listener (nothing received, nothing buffered) publishes anyway.
+IDLE_PUBLISH = 1.0
+#: Beyond ORPHAN_CLOSE_TIMEOUT, what the orphaned listener's drain and close may take
+#: before the watchdog ends the process anyway.
+ORPHAN_MARGIN = 1.0
 
 
 @dataclass
@@ -36,6 +54,59 @@ class ListenerConfig:
     parent_pid: int
     incarnation: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    board: StatsBoard | None = None
+
+
+#: The counters a listener publishes on its :class:`StatsBoard`.
+BOARD_KEYS = (
+    "pid", "received", "handled", "sent", "buffered", "buffered_bytes", "dropped",
+    "reconnects", "connected", "drop_reports", "spooled", "spool_bytes", "spool_damaged",
+    "worker_lost", "torn_frames", "bad_frames", "handler_errors",
+)
+
+
+class StatsBoard:
+    """Shared memory where the listener keeps its latest counters, so that its parent
+    still has them after the listener was killed (the pipeline's counters survive a
+    restart: see ``Pipeline._absorb_dead_listener``).
+
+    Two slots, written in turn; a write ends by pointing ``current`` at its slot and
+    bumping ``writes``, so a reader never sees a half-written slot, even if the writer
+    was killed in the middle of one. Created by the parent (``ctx.RawArray``) and passed
+    to each listener it starts.
+    """
+
+    _N = len(BOARD_KEYS)
+
+    def __init__(self, ctx: Any) -> None:
+        # [current slot, writes, slot 0 ..., slot 1 ...]
+        self._a = ctx.RawArray("q", 2 + 2 * self._N)
+
+    def publish(self, stats: dict[str, Any]) -> None:
+        """Writer side (the listener)."""
+        slot = 1 - self._a[0]
+        base = 2 + slot * self._N
+        for i, key in enumerate(BOARD_KEYS):
+            value = stats.get(key, 0)
+            self._a[base + i] = value if isinstance(value, int) else 0
+        self._a[0] = slot
+        self._a[1] += 1
+
+    def read(self) -> dict[str, int] | None:
+        """Reader side (the parent): the latest complete snapshot, or None if none yet."""
+        for _ in range(100):
+            writes = self._a[1]
+            if writes == 0:
+                return None
+            base = 2 + self._a[0] * self._N
+            values = self._a[base : base + self._N]
+            if self._a[1] == writes:
+                return dict(zip(BOARD_KEYS, values, strict=True))
+        return None  # a writer that never pauses for 100 tries: cannot happen at 50 Hz
+
+    def clear(self) -> None:
+        """Forget the last snapshot (its listener's counters were folded in)."""
+        self._a[1] = 0
 
 
 def _set_pdeathsig(sig: int) -> None:
@@ -65,12 +136,120 @@ def build_handlers(payload: bytes) -> list[logging.Handler]:
     return list(obj)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Watchdog:
+    """The listener's second thread: publishes the counters on the :class:`StatsBoard`
+    and ends this process soon after the process that called ``start()`` is gone,
+    whether the main thread is stuck in a handler or not.
+
+    It sleeps while the listener is idle; the first batch after a pause wakes it at once
+    (:meth:`activity`, through a pipe), and it publishes every ``WATCHDOG_TICK`` while
+    records flow or wait in buffers (what a SIGKILL would cost).
+    """
+
+    def __init__(self, cfg: ListenerConfig, starter_fd: int) -> None:
+        self.cfg = cfg
+        self.starter_fd = starter_fd
+        self.server: IntakeServer | None = None
+        self.idle = True
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    def activity(self) -> None:
+        """Main thread, after each batch: wake the watchdog if it is idling."""
+        if self.idle:
+            self.idle = False
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                return  # a wake-up is already pending
+
+    def run(self) -> None:
+        cfg = self.cfg
+        failed = False
+        published: tuple[int, int, float] = (-1, 0, 0.0)  # received, buffered, when
+        tick = WATCHDOG_TICK
+        fds = [self._wake_r] + ([self.starter_fd] if self.starter_fd >= 0 else [])
+        while os.getppid() == cfg.parent_pid:
+            ready, _, _ = select.select(fds, [], [], tick)
+            if self.starter_fd in ready:
+                break  # a pidfd is readable once its process has ended
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            server = self.server
+            if cfg.board is None or server is None:
+                continue
+            now = time.monotonic()
+            self.idle = True  # before the check: a batch from now on wakes us
+            busy = server.received != published[0] or published[1] > 0
+            if busy:
+                self.idle = False
+            tick = WATCHDOG_TICK if busy else IDLE_TICK
+            if not busy and now - published[2] < IDLE_PUBLISH:
+                continue  # idle: stats() is not free (it reads this process's RSS and CPU)
+            try:
+                stats = server.stats()
+                cfg.board.publish(stats)
+            except Exception as exc:  # keep watching the parent whatever happens here
+                if not failed:
+                    sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
+                failed = True
+            else:
+                published = (int(stats.get("received", 0)), int(stats.get("buffered", 0)), now)
+        self._orphaned()
+
+    def _orphaned(self) -> None:
+        if self.server is not None:
+            # The intake loop compares getppid() with this on every turn: now it cannot
+            # match, so the loop starts its own bounded shutdown (drain, deliver, close).
+            self.server.parent_pid = -1
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)  # wake the loop (its signal wakeup fd)
+        except OSError as exc:
+            sys.stderr.write(f"mplog listener: cannot wake the main loop: {exc}\n")
+        time.sleep(ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN)
+        sys.stderr.write(
+            "mplog listener: the parent process is gone and a handler did not finish in "
+            f"{ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN:.1f} s; exiting without it\n"
+        )
+        pathlib.Path(self.cfg.address).unlink(missing_ok=True)
+        os._exit(1)
+
+
 def main(cfg: ListenerConfig, ready: Any) -> None:
     """Entry point of the listener process."""
     _set_pdeathsig(signal.SIGUSR1)
+    _autojoin.leave()  # the listener never sends its own records to itself
+    starter_pid = cfg.parent_pid
     if os.getppid() != cfg.parent_pid:
-        return  # the parent died before we got here
-    set_listener_title(cfg.parent_pid)
+        from multiprocess import parent_process
+
+        starter = parent_process()
+        if starter is None or starter.pid != cfg.parent_pid:
+            return  # the parent died before we got here
+        # start_method="forkserver": our parent is the fork server. It outlives the
+        # process that called start() as long as we live (we hold its "alive" pipe), so
+        # the watchdog watches that process itself, and the intake loop watches the
+        # fork server.
+        cfg.parent_pid = os.getppid()
+    try:
+        starter_fd = os.pidfd_open(starter_pid)
+    except OSError:  # gone already, or a kernel without pidfd (< 5.3): getppid() only
+        starter_fd = -1
+        if not _alive(starter_pid):
+            return
+    watchdog = _Watchdog(cfg, starter_fd)
+    threading.Thread(target=watchdog.run, name="mplog-watchdog", daemon=True).start()
+    set_listener_title(starter_pid)
     try:
         handlers = build_handlers(cfg.handlers)
     except Exception as exc:
@@ -92,6 +271,14 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
     )
     server.incarnation = cfg.incarnation
     server.install_signals()
+    inner = listener.handle_batch
+
+    def handle_batch(batch: list[dict[str, Any]]) -> None:
+        inner(batch)
+        watchdog.activity()
+
+    listener.handle_batch = handle_batch  # type: ignore[method-assign]
+    watchdog.server = server  # it publishes the counters from now on
     try:
         listener.start()  # opens spools
     except ConfigError as exc:

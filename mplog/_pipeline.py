@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import pathlib
+import select
 import shutil
 import socket
 import stat
@@ -31,20 +32,45 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from ._autojoin import join_if_child
 from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
-from ._listener import ListenerConfig
+from ._listener import ListenerConfig, StatsBoard
 from ._listener import main as listener_main
 from ._metrics import check_metrics_port
+from ._options import check_bool, check_intake_address, check_level, check_seconds
+from ._ship import reduce_handler
 from ._stats import Stats
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
 
-__all__ = ["Pipeline", "start", "worker_init"]
+__all__ = ["Pipeline", "check_level", "start", "worker_init"]
+
+#: The environment variable through which child processes learn ``start(level=...)``.
+ENV_LEVEL = "MPLOG_LEVEL"
+#: The listener's process name; its spawn skips the re-import of the main module.
+LISTENER_NAME = "mplog-listener"
+MAIN_GUARD_HINT = (
+    "mplog.start() was called while a child process imported the main module; put the "
+    "code that starts the pipeline under `if __name__ == '__main__':`"
+)
 
 #: Longest path a Unix socket address may have on Linux (sun_path is 108 bytes with NUL).
 MAX_UNIX_PATH = 107
 _START_METHODS = ("spawn", "forkserver", "fork")
+#: Beyond stop()'s timeout, what ending the listener and cleaning up may take (the
+#: contract: stop(timeout) returns within timeout + 2 s).
+STOP_MARGIN = 1.5
+#: How long stats() waits for the listener's answer before it reads the shared board.
+STATS_TIMEOUT = 2.0
+#: How long stop() waits for multiprocess's resource tracker to end.
+TRACKER_WAIT = 0.5
+#: Stats keys that are a state now, not a count since the start; every other int key
+#: is a counter summed over the listener's incarnations.
+GAUGES = frozenset({
+    "buffered", "buffered_bytes", "connected", "connections", "spooled", "spool_bytes",
+    "pid", "listener_rss", "listener_cpu", "metrics_port", "restarts",
+})
 _DEFAULT_OPTIONS: dict[str, Any] = {
     "start_method": "spawn",
     "start_timeout": 60.0,
@@ -110,6 +136,13 @@ def _pickler() -> Any:
         class Pickler(dill.Pickler):  # type: ignore[misc]
             dispatch = dill.Pickler.dispatch.copy()
 
+            def reducer_override(self, obj: Any) -> Any:
+                # Handler instances travel without the parent's lock, file, stream or
+                # socket: see mplog._ship.
+                if isinstance(obj, logging.Handler):
+                    return reduce_handler(obj)
+                return NotImplemented
+
         Pickler.dispatch[types.ModuleType] = save_module
 
         # A lock arrives as a new, free lock. dill rebuilds an RLock "as it was": a free
@@ -156,6 +189,48 @@ def ship_handlers(handlers: Handlers) -> bytes:
     return buf.getvalue()
 
 
+def _importing_main() -> bool:
+    """True while this process is a ``multiprocessing``/``multiprocess`` child importing
+    its parent's main module (the flag their own "bootstrapping phase" check reads)."""
+    for name in ("multiprocessing.process", "multiprocess.process"):
+        mod = sys.modules.get(name)
+        if mod is not None and getattr(mod.current_process(), "_inheriting", False):
+            return True
+    return False
+
+
+_prep_wrapped = False
+
+
+def _listener_skips_main_import() -> None:
+    """Make ``multiprocess`` start the listener without re-importing the main module.
+
+    A spawned child normally runs the parent's main module again (as ``__mp_main__``)
+    so that functions pickled by reference resolve. The listener needs nothing from it:
+    its target is in mplog, and the handlers arrive by value (dill). Skipping it means a
+    script without ``if __name__ == '__main__':`` does not start a second pipeline in
+    the listener, a main module read from stdin (``python - < script.py``) works, and the
+    script's top-level side effects do not run twice. Only the process named
+    :data:`LISTENER_NAME` is affected; called by :func:`start`, never at import.
+    """
+    global _prep_wrapped
+    if _prep_wrapped:
+        return
+    from multiprocess import spawn
+
+    original = spawn.get_preparation_data
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        if name == LISTENER_NAME:
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = get_preparation_data
+    _prep_wrapped = True
+
+
 def _forget_inherited_listeners() -> None:
     """In a forked child: forget the listener processes its parent started.
 
@@ -176,25 +251,139 @@ def _forget_inherited_listeners() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_listeners)
 
 
-def _stop_resource_tracker() -> None:
+#: Resource-tracker pids whose pipe other processes still held when we let go of it.
+_unreaped: list[int] = []
+
+
+def _reap_trackers() -> None:
+    """Collect the resource trackers that have ended since :func:`_stop_resource_tracker`
+    let go of them (they end once the last forked process holding their pipe exits)."""
+    for pid in list(_unreaped):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _unreaped.remove(pid)
+
+
+def _wait_pid(pid: int, timeout: float) -> bool:
+    """Reap child *pid* if it ends within *timeout* seconds; True if it did."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
+    try:
+        if pidfd >= 0:
+            select.select([pidfd], [], [], max(0.0, timeout))
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+    return bool(done)
+
+
+def _tracker_in_use() -> bool:
+    """True if objects made with multiprocess still need its resource tracker: a live
+    semaphore (a Lock, Queue or Pool not yet garbage collected), or shared memory."""
+    if "multiprocess.shared_memory" in sys.modules:
+        return True
+    sync: Any = sys.modules.get("multiprocess.synchronize")
+    util: Any = sys.modules.get("multiprocess.util")
+    if sync is None or util is None:
+        return False
+    cleanup = sync.SemLock._cleanup
+    registry = getattr(util, "_finalizer_registry", {})
+    return any(getattr(f, "_callback", None) is cleanup for f in list(registry.values()))
+
+
+def _stop_resource_tracker(timeout: float = TRACKER_WAIT) -> None:
     """End the helper process ``multiprocess`` starts for spawned children.
 
     It would otherwise outlive ``stop()`` until this process exits; ``multiprocess``
-    starts a new one on demand, so other users of it are unaffected.
+    starts a new one on demand, so other users of it are unaffected. The tracker ends
+    when every copy of its pipe is closed; a process forked from this one after
+    ``start()`` (a fork ``Pool``, a ``ProcessPoolExecutor``) holds a copy, so waiting
+    for it could take forever (``multiprocess``'s own ``_stop()`` does). This closes our
+    end, waits at most *timeout*, and otherwise leaves it to end with those processes
+    (reaped by the next ``start()``/``stop()``, or by init when this process exits).
     """
-    from multiprocess import resource_tracker
-
+    _reap_trackers()
     if _live:
         return  # another pipeline of this process still uses it
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    if getattr(tracker, "_pid", None) is None:
-        # Not started by this process: in a child spawned by multiprocess the tracker's fd
-        # is inherited (its pid unknown here) and belongs to the process that started us;
-        # _stop() would close that fd and then fail on waitpid(None).
+    if _tracker_in_use():
+        # Something else in this process holds semaphores or shared memory made with
+        # multiprocess, which the tracker must clean up (or unregister) later: it is theirs
+        # too, and stopping it now would unlink them under their feet. It ends when this
+        # process ends, as the stdlib's own tracker does.
         return
-    stop = getattr(tracker, "_stop", None)
-    if stop is not None:
-        stop()
+    from multiprocess import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    pid = getattr(tracker, "_pid", None)
+    if tracker is None or pid is None:
+        # Not started by this process: in a child spawned by multiprocess the tracker's fd
+        # is inherited (its pid unknown here) and belongs to the process that started us.
+        return
+    with tracker._lock:
+        fd = tracker._fd
+        if fd is None:
+            return
+        tracker._fd = None
+        tracker._pid = None
+        os.close(fd)  # EOF for the tracker, once nobody else holds the pipe
+    if not _wait_pid(pid, timeout):
+        _unreaped.append(pid)
+
+
+def _stop_forkserver(timeout: float) -> None:
+    """End the fork server ``multiprocess`` started for ``start_method="forkserver"``.
+
+    Like :func:`_stop_resource_tracker`: close our end of its "alive" pipe and wait at
+    most *timeout*; processes it forked keep a copy of that pipe, so it may end later
+    (reaped by the next ``start()``/``stop()``). ``multiprocess`` starts a new one on
+    demand.
+    """
+    if _live:
+        return
+    from multiprocess import forkserver
+
+    server: Any = getattr(forkserver, "_forkserver", None)
+    if server is None:
+        return
+    with server._lock:
+        pid, fd = server._forkserver_pid, server._forkserver_alive_fd
+        if pid is None or fd is None:
+            return
+        address = server._forkserver_address
+        server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
+        os.close(fd)
+        if address and not address.startswith("\0"):
+            pathlib.Path(address).unlink(missing_ok=True)
+    if not _wait_pid(pid, timeout):
+        _unreaped.append(pid)
+
+
+def _add_counters(base: dict[str, Any], snap: dict[str, Any]) -> dict[str, Any]:
+    """*base* plus the counters of *snap*; *snap*'s gauges replace *base*'s."""
+    out = dict(base)
+    for k, v in snap.items():
+        if k in GAUGES or isinstance(v, bool) or not isinstance(v, int):
+            out[k] = v
+        else:
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _held(snap: dict[str, Any]) -> int:
+    """Records a listener held when it took *snap* that die with it: those read but not
+    yet through its handlers, and those in socket handlers' memory buffers (not the
+    spooled ones: the next listener sends them)."""
+    unhandled = int(snap.get("received", 0)) - int(snap.get("handled", 0))
+    in_memory = int(snap.get("buffered", 0)) - int(snap.get("spooled", 0))
+    return max(0, unhandled) + max(0, in_memory)
 
 
 class Pipeline:
@@ -215,6 +404,8 @@ class Pipeline:
         self._tmpdir = tmpdir
         self._options = options
         self._ctx = multiprocess.get_context(options["start_method"])
+        if cfg.board is None:
+            cfg.board = StatsBoard(self._ctx)
         self._owner = os.getpid()
         self._lock = threading.Lock()
         self._proc: Any = None
@@ -222,12 +413,17 @@ class Pipeline:
         self._stopped = False
         self._final_stats: dict[str, Any] | None = None
         self.restarts = 0
+        #: Counters of the listeners that died (summed), and how many were folded in.
+        self._stats_lock = threading.Lock()
+        self._base: dict[str, Any] = {}
+        self._absorbed = 0
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._supervisor: threading.Thread | None = None
         self._install = install
         self._level = level
         self._saved_root: tuple[list[logging.Handler], int] | None = None
         self._saved_env: str | None = None
+        self._saved_level_env: str | None = None
         self._handler: QueueHandler | None = None
 
     @property
@@ -245,9 +441,10 @@ class Pipeline:
     def _spawn(self) -> None:
         from multiprocess.connection import wait
 
+        _listener_skips_main_import()
         r, w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
-            target=listener_main, args=(self._cfg, w), name="mplog-listener", daemon=False
+            target=listener_main, args=(self._cfg, w), name=LISTENER_NAME, daemon=False
         )
         proc.start()
         w.close()
@@ -297,7 +494,9 @@ class Pipeline:
             root.addHandler(self._handler)
             root.setLevel(self._level)
             self._saved_env = os.environ.get(ENV_ADDRESS)
+            self._saved_level_env = os.environ.get(ENV_LEVEL)
             os.environ[ENV_ADDRESS] = self.address
+            os.environ[ENV_LEVEL] = str(self._level)
 
     def _supervise(self) -> None:
         from multiprocess.connection import wait
@@ -313,6 +512,8 @@ class Pipeline:
                 # a moment before it becomes a zombie; join(0) would then miss it and leave
                 # a zombie behind until multiprocess's next start(). It is dead: wait for it.
                 proc.join(5.0)
+                if self._cfg.incarnation == self._absorbed + 1:
+                    self._absorb_dead_listener(proc.pid, proc.exitcode)
                 try:
                     self._spawn()
                 except ConfigError as exc:
@@ -328,24 +529,82 @@ class Pipeline:
             if wait([self._wake_r], timeout=delay):
                 return
 
+    # -- counters across listener lives --------------------------------------------------
+
+    def _ask_stats(self, timeout: float) -> dict[str, Any]:
+        """The running listener's own counters."""
+        reply = control_request(self.address, {"op": "stats"}, timeout=timeout)
+        return dict(reply["stats"])
+
+    def _board_snapshot(self, pid: int) -> dict[str, int] | None:
+        """The latest counters listener *pid* published (None: none of its own yet)."""
+        snap = self._cfg.board.read() if self._cfg.board is not None else None
+        return snap if snap is not None and snap["pid"] == pid else None
+
+    def _absorb_dead_listener(self, pid: int, exitcode: int | None) -> None:
+        """Fold the dead listener's last counters into the pipeline's totals.
+
+        What it held in memory buffers is lost with it: counted in ``dropped``. Records
+        in a spool are not: the next listener sends them. The snapshot is at most one
+        ``WATCHDOG_TICK`` (20 ms) old: what the listener received in that last moment is
+        missing from ``received`` (and, if it was still in a buffer, from ``dropped``).
+        """
+        last = self._board_snapshot(pid)
+        if self._cfg.board is not None:
+            self._cfg.board.clear()
+        with self._stats_lock:
+            self._absorbed += 1
+            if last is None:
+                return
+            self._base = _add_counters(self._base, last)
+            held = _held(last)
+            if held:
+                self._base["dropped"] = self._base.get("dropped", 0) + held
+                lost = self._base.get("lost_in_dead_listener", 0) + held
+                self._base["lost_in_dead_listener"] = lost
+                sys.stderr.write(
+                    f"mplog: the listener (pid {pid}) ended with exit code {exitcode}; {held} "
+                    "records it held in memory were not delivered (counted in dropped)\n"
+                )
+
+    def _merged(self, live: dict[str, Any] | None) -> dict[str, Any]:
+        with self._stats_lock:
+            out = _add_counters(self._base, live or {})
+            if live is None:
+                for k in GAUGES:
+                    out.setdefault(k, 0)
+            out.setdefault("lost_in_dead_listener", 0)
+            out["restarts"] = self.restarts
+        return out
+
     # -- public -------------------------------------------------------------------------
 
     def stats(self) -> Stats:
-        """Counters of the pipeline (see the contract's Stats table), plus ``restarts``."""
+        """Counters of the pipeline (see the contract's Stats table), plus ``restarts``.
+
+        They are the pipeline's, for its whole life: the counters of every listener the
+        supervisor restarted are in them, and after :meth:`stop` they are the final ones.
+        A listener that is alive but does not answer (a handler is stuck) is described by
+        the counters it last published, with ``stale=True``.
+        """
         if self._final_stats is not None:
             return cast(Stats, dict(self._final_stats, restarts=self.restarts))
         deadline = time.monotonic() + 10.0
         while True:
             try:
-                reply = control_request(self.address, {"op": "stats"}, timeout=5.0)
+                live = self._ask_stats(timeout=STATS_TIMEOUT)
                 break
             except MplogError:
+                proc = self._proc
+                if proc is not None and proc.is_alive():
+                    # Alive but not answering (a handler is stuck): what it published.
+                    snap = self._board_snapshot(proc.pid)
+                    if snap is not None:
+                        return cast(Stats, dict(self._merged(snap), stale=True))
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)  # the listener is being restarted; ask again
-        stats = dict(reply["stats"])
-        stats["restarts"] = self.restarts
-        return cast(Stats, stats)
+        return cast(Stats, self._merged(live))
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record logged before this call was handled and every socket
@@ -363,33 +622,54 @@ class Pipeline:
         return bool(reply.get("ok"))
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Drain, flush and end the listener; idempotent. Leaves nothing behind."""
+        """Drain, flush and end the listener; idempotent. Leaves nothing behind.
+
+        Returns within *timeout* + 2 s, whatever else is alive (pools forked after
+        :func:`start` included). Records that could not be delivered in that time are
+        counted in ``dropped`` and reported in one line on stderr.
+        """
         if os.getpid() != self._owner:
             return
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ConfigError(f"stop() timeout must be a number of seconds >= 0, got {timeout!r}")
+        deadline = time.monotonic() + timeout + STOP_MARGIN
+
+        def left(cap: float = float("inf")) -> float:
+            return max(0.0, min(cap, deadline - time.monotonic()))
+
         with self._lock:
             if self._stopped:
                 return
             self._stopping = True
         self._wake_w.send_bytes(b"stop")
         if self._supervisor is not None:
-            self._supervisor.join()
+            self._supervisor.join(left())
         self._uninstall()
         proc = self._proc
+        before = self._board_snapshot(proc.pid) if proc is not None else None
+        final: dict[str, Any] | None = None
         try:
             reply = control_request(
-                self.address, {"op": "stop", "timeout": timeout}, timeout=timeout + 5.0
+                self.address, {"op": "stop", "timeout": timeout}, timeout=left(timeout + 0.75)
             )
-            self._final_stats = reply.get("stats")
+            final = reply.get("stats")
         except MplogError as exc:
-            sys.stderr.write(f"mplog: the listener did not stop cleanly: {exc}\n")
+            why = str(exc)
         if proc is not None:
-            proc.join(timeout + 5.0)
+            proc.join(left(0.5 if final is None else timeout + 1.0))
             if proc.is_alive():
-                proc.terminate()
-                proc.join(2.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+                proc.kill()  # SIGTERM would wait for the same stuck handler
+                proc.join(max(0.3, left()))  # reaped, not left as a zombie
+        if final is not None:
+            self._final_stats = self._merged(final)
+            newly = int(final.get("dropped", 0)) - int((before or {}).get("dropped", 0))
+            if newly > 0:
+                sys.stderr.write(
+                    f"mplog: {newly} records could not be delivered before the pipeline "
+                    f"stopped (counted in dropped)\n"
+                )
+        else:
+            self._absorb_dead_listener_at_stop(proc, before, why, timeout)
         path = pathlib.Path(self.address)
         if path.is_socket():
             path.unlink(missing_ok=True)
@@ -398,10 +678,34 @@ class Pipeline:
         self._wake_r.close()
         self._wake_w.close()
         _live.discard(self)
-        _stop_resource_tracker()
+        if self._options["start_method"] == "forkserver":
+            _stop_forkserver(left(TRACKER_WAIT))
+        _stop_resource_tracker(left(TRACKER_WAIT))
         atexit.unregister(self._atexit)
         with self._lock:
             self._stopped = True
+
+    def _absorb_dead_listener_at_stop(
+        self, proc: Any, last: dict[str, Any] | None, why: str, timeout: float
+    ) -> None:
+        with self._stats_lock:
+            base = _add_counters(self._base, last or {})
+            held = _held(last) if last is not None else 0
+            base["dropped"] = base.get("dropped", 0) + held
+            base["lost_in_dead_listener"] = base.get("lost_in_dead_listener", 0) + held
+            # Nothing is running any more; what was spooled stays on disk for the next run.
+            for k in GAUGES:
+                base[k] = 0
+            if last is not None:
+                base["spooled"] = base["buffered"] = int(last.get("spooled", 0))
+                base["spool_bytes"] = int(last.get("spool_bytes", 0))
+            base["restarts"] = self.restarts
+            self._final_stats = base
+        pid = getattr(proc, "pid", None)
+        sys.stderr.write(
+            f"mplog: the listener (pid {pid}) did not stop within {timeout} s ({why}) and was "
+            f"killed; {held} records it held were not delivered (counted in dropped)\n"
+        )
 
     def _uninstall(self) -> None:
         if self._handler is None:
@@ -420,6 +724,10 @@ class Pipeline:
                 del os.environ[ENV_ADDRESS]
             else:
                 os.environ[ENV_ADDRESS] = self._saved_env
+            if self._saved_level_env is None:
+                os.environ.pop(ENV_LEVEL, None)
+            else:
+                os.environ[ENV_LEVEL] = self._saved_level_env
 
     def _atexit(self) -> None:
         self.stop()
@@ -450,15 +758,8 @@ def check_options(options: dict[str, Any], who: str) -> dict[str, Any]:
             f"start_method must be one of {', '.join(_START_METHODS)}; "
             f"got {opts['start_method']!r}"
         )
+    opts["start_timeout"] = check_seconds(opts["start_timeout"], "start_timeout")
     return opts
-
-
-def check_level(level: object) -> int:
-    """A level as an int, from an int or a name (any case); :class:`ConfigError` if not."""
-    value = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"unknown level {level!r}")  # the name given, not "Level LOUD"
-    return value
 
 
 def start(
@@ -493,8 +794,18 @@ def start(
         ConfigError: an unknown option, a bad handlers argument, an address that cannot be
             bound, or a handlers factory that raised in the listener.
     """
+    if _importing_main():
+        # This process is a spawn/forkserver child re-importing the main module of its
+        # parent, whose top level calls start(): say so once, and end this child.
+        sys.stderr.write(f"mplog: {MAIN_GUARD_HINT}\n")
+        raise SystemExit(1)
     opts = check_options(options, "mplog.start()")
     level = check_level(level)
+    check_bool(install, "install")
+    if address is not None and not isinstance(address, str | os.PathLike):
+        raise ConfigError(
+            f"address must be a Unix socket path (str) or None, got {type(address).__name__}"
+        )
     if (handlers is None) == (config is None):
         raise ConfigError("mplog.start() needs handlers or config=, and not both")
     if config is not None:
@@ -522,27 +833,38 @@ def start(
     return pipeline
 
 
-def worker_init(address: str | None = None, *, level: int | str = logging.NOTSET) -> None:
+def worker_init(address: str | None = None, *, level: int | str | None = None) -> None:
     """Log this process's records into the pipeline at *address* (or ``$MPLOG_ADDRESS``).
 
     Replaces the root logger's handlers with one :class:`mplog.QueueHandler`, sets the
-    root level, and exports ``MPLOG_ADDRESS`` for this process's children. Calling it
-    again with the same address changes nothing. Suitable as ``initializer=`` of
-    ``multiprocessing.Pool`` and ``ProcessPoolExecutor``.
+    root level (*level*; by default the one ``start(level=...)`` exported in
+    ``MPLOG_LEVEL``, else NOTSET), and exports ``MPLOG_ADDRESS`` for this process's
+    children. Calling it again with the same address changes nothing. Suitable as
+    ``initializer=`` of ``multiprocessing.Pool`` and ``ProcessPoolExecutor``.
 
     Raises:
-        ConfigError: neither *address* nor ``MPLOG_ADDRESS`` is set.
+        ConfigError: neither *address* nor ``MPLOG_ADDRESS`` is set, no listener accepts
+            connections at the address, or *level* is not a level.
     """
     address = resolve_address(address)
+    if level is None:
+        level = os.environ.get(ENV_LEVEL) or logging.NOTSET
     level = check_level(level)
     root = logging.getLogger()
+    if any(isinstance(h, QueueHandler) and h.address == address for h in root.handlers):
+        root.setLevel(level)
+        os.environ[ENV_ADDRESS] = address
+        return
+    check_intake_address(address, "mplog.worker_init()")
     root.setLevel(level)
     os.environ[ENV_ADDRESS] = address
-    if any(isinstance(h, QueueHandler) and h.address == address for h in root.handlers):
-        return
     for h in list(root.handlers):
         root.removeHandler(h)
         if isinstance(h, QueueHandler):
             h.close()
     root.addHandler(QueueHandler(address))
 
+
+# A spawn/forkserver child of a configured process joins its pipeline (mplog._autojoin);
+# in any other process this does nothing.
+join_if_child()

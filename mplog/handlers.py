@@ -30,6 +30,7 @@ from ._errors import ConfigError
 from ._framing import HEADER
 from ._intake import IntakeClient
 from ._limits import PICKLE_FRAME, fit
+from ._options import check_socket_options
 from ._record import STANDARD_ATTRS, encode, make_record, prepare_dict
 from ._sender import Sender, drop_record
 from ._spool import SpooledBuffer
@@ -288,6 +289,12 @@ class SocketHandler(logging.handlers.SocketHandler):
         tls_server_name: str | None = None,
         **wire_options: Any,
     ) -> None:
+        check_socket_options(
+            host, port, buffer_records=buffer_records, buffer_bytes=buffer_bytes,
+            overflow=overflow, block_timeout=block_timeout, close_timeout=close_timeout,
+            jitter=jitter, spool_dir=spool_dir, spool_max_bytes=spool_max_bytes,
+            spool_mode=spool_mode,
+        )
         self._wire = make_wire(wire, _resolve_files(wire, wire_options))
         #: The largest frame (or buffered payload) this wire may carry: bigger records
         #: are cut to fit, or dropped and counted (``mplog._limits``).

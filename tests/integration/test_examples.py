@@ -52,3 +52,19 @@ def test_dictconfig_worker_and_listener(receiver: Receiver, tmp_path: pathlib.Pa
     got = [re.fullmatch(r"INFO SpawnProcess-\d+ examples\.dictconfig: worker (\d): info", ln) for ln in lines]
     assert all(got) and sorted(int(m.group(1)) for m in got if m) == [0, 1, 2], lines
     assert receiver.connections() == 1
+
+
+def test_pools_default_mode_prints_every_record_on_stderr() -> None:
+    """The default mode ships a StreamHandler(sys.stderr) instance: the first program most
+    users write (it used to deadlock the listener)."""
+    run = _run("examples/pools.py", "--tasks", "5")
+    lines = [ln for ln in run.stderr.splitlines() if " examples.pools: " in ln]
+    count = collections.Counter(ln.rsplit(": ", 1)[1].split(" task ")[0] for ln in lines if " task " in ln)
+    assert count == {"multiprocessing": 5, "executor": 5, "multiprocess": 5, "billiard": 5}, run.stderr
+    assert any(ln.endswith(": done") for ln in lines), run.stderr
+
+
+def test_subprocess_chain_default_mode_prints_every_level_on_stderr() -> None:
+    run = _run("examples/subprocess_chain.py", "--depth", "2")
+    got = sorted(int(m.group(1)) for m in re.finditer(r"^hello from level (\d), pid \d+$", run.stderr, re.M))
+    assert got == [0, 1, 2], run.stderr

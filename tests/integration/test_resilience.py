@@ -658,3 +658,60 @@ def test_pipeline_inside_a_multiprocess_child(method: str, tmp_path: pathlib.Pat
     assert "Traceback" not in run.stderr, run.stderr
     recs = receiver.wait_records(1, 10, where=lambda r: r.get("tag") == "child")
     assert recs[0]["msg"] == "from a spawned child"
+
+
+# -- 9. the counters survive listener restarts (issue 12) ----------------------------------------
+
+#: Records a killed listener may take with it uncounted, per kill: those workers had
+#: written into its intake socket that it had not read yet (the kernel's buffer: the
+#: lead's intake handles these), and those it received in its last ``WATCHDOG_TICK``
+#: (20 ms) before the SIGKILL, after its last published snapshot. At ~1000 records/s
+#: that is ~20 records; the bound leaves room for a loaded machine.
+UNCOUNTED_PER_KILL = 100
+
+
+def test_counters_survive_listener_restarts(receiver: Receiver, start_pipeline) -> None:
+    p = start_pipeline([_handler(receiver.port)])
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    counts = [ctx.Value("q", 0) for _ in range(2)]
+    slow = [ctx.Value("d", 0.0) for _ in range(2)]
+    workers = [
+        ctx.Process(target=_keep_logging, args=(p.address, f"w{k}", counts[k], slow[k], stop))
+        for k in range(2)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        for kill in range(3):
+            seen = len(_ours(receiver))
+            wait_until(lambda seen=seen: len(_ours(receiver)) >= seen + 200, 30, "records under load")
+            old = p.pid
+            os.kill(old, signal.SIGKILL)
+            wait_until(lambda kill=kill, old=old: p.restarts == kill + 1 and p.pid != old, 20,
+                       "the listener to be restarted")
+        seen = len(_ours(receiver))
+        wait_until(lambda: len(_ours(receiver)) >= seen + 200, 30, "records after the last restart")
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(20)
+    assert all(w.exitcode == 0 for w in workers)
+    assert p.flush(10)
+    logged = sum(c.value + 1 for c in counts)  # each worker's numbered records and its "done"
+    delivered = len({(r["tag"], r["i"]) for r in _ours(receiver)})
+    st = p.stats()
+    uncounted = logged - delivered - st["dropped"]
+    print(f"logged={logged} delivered={delivered} received={st['received']} sent={st['sent']} "
+          f"dropped={st['dropped']} lost_in_dead_listener={st['lost_in_dead_listener']} uncounted={uncounted}")
+    assert st["restarts"] == 3, st
+    # The counters are the pipeline's, not the last listener's: it saw a quarter at most.
+    assert st["received"] == st["handled"], st
+    assert st["received"] >= delivered - 3 * UNCOUNTED_PER_KILL, st
+    assert st["received"] >= 0.9 * logged, (logged, st)
+    assert st["sent"] >= delivered - 3 * UNCOUNTED_PER_KILL, (delivered, st)
+    # Every record is delivered, counted as dropped, or in the documented uncounted window.
+    assert -3 * UNCOUNTED_PER_KILL <= uncounted <= 3 * UNCOUNTED_PER_KILL, (logged, delivered, st)
+    p.stop()
+    final = p.stats()
+    assert final["received"] >= st["received"] and final["restarts"] == 3, final

@@ -1,0 +1,367 @@
+"""The first programs users write: stdlib handler instances, pools made after start(), a
+stop() with pools still alive, a dead parent under a stuck handler, and the mistakes a
+first program makes. Real processes, files and sockets throughout."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+import mplog
+from tests.helpers import ROOT, env_with_root, wait_until
+
+FORMAT = "%(levelname)s|%(name)s|%(message)s"
+N = 10  # tasks per pool
+
+
+def _work(i: int) -> int:
+    logging.getLogger("app.work").warning("task %d", i)
+    logging.getLogger("other").warning("filtered %d", i)  # every handler filters it out
+    return os.getpid()
+
+
+def _file_handlers(tmp: pathlib.Path) -> dict[str, logging.Handler]:
+    return {
+        "FileHandler": logging.FileHandler(tmp / "file.log"),
+        "FileHandler-delay": logging.FileHandler(tmp / "delay.log", delay=True),
+        "RotatingFileHandler": logging.handlers.RotatingFileHandler(
+            tmp / "rotating.log", maxBytes=10**6, backupCount=2
+        ),
+        "TimedRotatingFileHandler": logging.handlers.TimedRotatingFileHandler(
+            tmp / "timed.log", when="h"
+        ),
+        "WatchedFileHandler": logging.handlers.WatchedFileHandler(tmp / "watched.log"),
+        "StreamHandler-file": logging.StreamHandler(open(tmp / "stream.log", "w")),
+    }
+
+
+def _dress(h: logging.Handler) -> logging.Handler:
+    h.setFormatter(logging.Formatter(FORMAT))
+    h.addFilter(logging.Filter("app"))
+    return h
+
+
+def _expected(n_pools: int) -> list[str]:
+    return sorted([f"WARNING|app.work|task {i}" for i in range(N)] * n_pools + ["WARNING|app|main"])
+
+
+class _Datagrams(threading.Thread):
+    """Reads a datagram socket as it fills: a Unix datagram socket queues only
+    ``net.unix.max_dgram_qlen`` (10) datagrams before the sender blocks."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.lines: list[str] = []
+        sock.settimeout(0.1)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            text = data.decode()
+            assert text.startswith("<"), text  # the syslog PRI
+            self.lines.append(text.split(">", 1)[1].rstrip("\x00"))
+
+
+def test_stdlib_handler_instances_work_like_a_factory(tmp_path: pathlib.Path, start_pipeline) -> None:
+    handlers = _file_handlers(tmp_path)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unix.bind(str(tmp_path / "syslog.sock"))
+    readers = {"udp": _Datagrams(udp), "unix": _Datagrams(unix)}
+    for r in readers.values():
+        r.start()
+    try:
+        handlers["SysLogHandler-udp"] = logging.handlers.SysLogHandler(udp.getsockname())
+        handlers["SysLogHandler-unix"] = logging.handlers.SysLogHandler(str(tmp_path / "syslog.sock"))
+        # A held handler lock in the parent is what dill used to copy: hold them all.
+        for h in handlers.values():
+            _dress(h).acquire()
+        p = start_pipeline(list(handlers.values()), level=logging.INFO)
+        for h in handlers.values():
+            h.release()
+            h.close()
+        stream = handlers["StreamHandler-file"]
+        assert isinstance(stream, logging.StreamHandler)
+        stream.stream.close()  # a StreamHandler does not own its stream
+        logging.getLogger("app").warning("main")
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            pool.map(_work, range(N))
+        with multiprocessing.get_context("spawn").Pool(2, initializer=mplog.worker_init) as pool:
+            pool.map(_work, range(N))
+        assert p.flush(10)
+        want = _expected(2)
+        for name in ("file", "delay", "rotating", "timed", "watched", "stream"):
+            lines = sorted((tmp_path / f"{name}.log").read_text().splitlines())
+            assert lines == want, name
+        for kind, r in readers.items():
+            wait_until(lambda r=r: len(r.lines) >= len(want), 10, f"the {kind} syslog datagrams")
+            assert sorted(r.lines) == want, kind
+        st = p.stats()
+        assert st["received"] == st["handled"] == 2 * 2 * N + 1, st
+    finally:
+        for r in readers.values():
+            r.done.set()
+            r.join(5)
+        udp.close()
+        unix.close()
+
+
+# -- stop() while pools made after start() are alive -----------------------------------------------
+
+
+def _noop(i: int) -> int:
+    logging.getLogger("app").info("noop %d", i)
+    return i
+
+
+def test_stop_returns_while_pools_made_after_start_are_alive(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "out.log"
+    before = set(mplog._pipeline._unreaped)
+    fh = _dress(logging.FileHandler(out))
+    p = mplog.start([fh], level=logging.INFO)
+    fh.close()
+    pool = multiprocessing.get_context("fork").Pool(2)
+    ex = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+    try:
+        assert pool.map(_noop, range(4)) == list(range(4))
+        assert list(ex.map(_noop, range(4))) == list(range(4))
+        t0 = time.monotonic()
+        p.stop(timeout=2.0)
+        took = time.monotonic() - t0
+        assert took < 2.0 + 2.0, took
+        assert len(out.read_text().splitlines()) == 8
+        assert not psutil.pid_exists(p.pid) or psutil.Process(p.pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        pool.close()
+        pool.join()
+        ex.shutdown()
+        p.stop()
+    # The pools' workers held multiprocess's resource-tracker pipe; with them gone the
+    # tracker ends, and mplog reaps it on its next call.
+    ours = set(mplog._pipeline._unreaped) - before
+    assert ours, "the tracker was still held by the pools at stop(): the case under test"
+
+    def reaped() -> bool:
+        mplog._pipeline._reap_trackers()
+        return not ours & set(mplog._pipeline._unreaped)
+
+    wait_until(reaped, 10, "the resource tracker to end and be reaped")
+
+
+# -- a dead parent under a stuck handler -------------------------------------------------------------
+
+STUCK = """
+import logging, sys, threading
+import mplog
+
+class Stuck(logging.Handler):
+    def emit(self, record):
+        threading.Event().wait()  # a handler that never returns
+
+if __name__ == "__main__":
+    p = mplog.start([Stuck()], start_method=sys.argv[1])
+    logging.getLogger("x").warning("this one never gets out")
+    p.flush(0.5)
+    print(p.pid, p.address, flush=True)
+    threading.Event().wait(120)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_orphaned_listener_with_a_stuck_handler_exits(tmp_path: pathlib.Path, method: str) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), method], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env_with_root(), cwd=ROOT,
+    )
+    try:
+        assert parent.stdout is not None
+        pid, address = parent.stdout.readline().split()
+        listener = psutil.Process(int(pid))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        t0 = time.monotonic()
+
+        def gone() -> bool:
+            try:
+                return listener.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        wait_until(gone, 5.0, "the orphaned listener to exit")
+        assert time.monotonic() - t0 < 5.0
+        assert not os.path.exists(address)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for f in (parent.stdout, parent.stderr):
+            if f is not None:
+                f.close()
+
+
+class _Stuck(logging.Handler):
+    """A handler whose emit never returns (until the process ends)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        threading.Event().wait()
+
+
+def test_stop_with_a_stuck_handler_is_bounded_and_counts_the_loss(capfd: pytest.CaptureFixture[str]) -> None:
+    p = mplog.start([_Stuck()], install=False)
+    qh = mplog.QueueHandler(p.address)
+    try:
+        qh.handle(logging.LogRecord("t", logging.WARNING, __file__, 1, "stuck in the handler", None, None))
+        wait_until(lambda: p.stats()["received"] == 1, 10, "the record to reach the listener")
+        t0 = time.monotonic()
+        p.stop(timeout=1.0)
+        took = time.monotonic() - t0
+    finally:
+        qh.close()
+        p.stop()
+    assert took < 1.0 + 2.0, took
+    st = p.stats()
+    assert st["received"] == 1 and st["handled"] == 0 and st["dropped"] == 1, st
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if "did not stop" in ln]
+    assert len(lines) == 1 and "1 records it held were not delivered (counted in dropped)" in lines[0], err
+
+
+# -- the mistakes a first program makes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"level": "VERBOSE"},
+         "unknown level 'VERBOSE'; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL or an int"),
+        ({"level": -3}, "unknown level -3; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL or an int"),
+        ({"start_method": "thread"}, "start_method must be one of spawn, forkserver, fork; got 'thread'"),
+        ({"start_timeout": 0}, "start_timeout must be a number of seconds > 0, got 0"),
+        ({"start_timeout": "10"}, "start_timeout must be a number of seconds > 0, got '10'"),
+        ({"install": "yes"}, "install must be True or False, got 'yes'"),
+        ({"address": 42}, "address must be a Unix socket path (str) or None, got int"),
+    ],
+)
+def test_start_checks_every_option(kwargs: dict[str, object], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(mplog.ENV_ADDRESS, raising=False)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    with pytest.raises(mplog.ConfigError) as info:
+        mplog.start([logging.NullHandler()], **kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    assert root.handlers == before and mplog.ENV_ADDRESS not in os.environ
+
+
+def test_worker_init_with_a_typo_fails_at_once(tmp_path: pathlib.Path) -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    t0 = time.monotonic()
+    with pytest.raises(mplog.ConfigError, match=r"^mplog\.worker_init\(\): no mplog listener at '/typo\.sock'"):
+        mplog.worker_init("/typo.sock")
+    assert time.monotonic() - t0 < 1.0
+    assert root.handlers == before
+    with pytest.raises(mplog.ConfigError, match=r"^unknown level 'LOUD'"):
+        mplog.worker_init("/typo.sock", level="LOUD")
+
+
+NO_MAIN_GUARD = """
+import logging, multiprocessing, sys
+import mplog
+
+def work(i):
+    return i
+
+p = mplog.start([logging.StreamHandler(sys.stdout)])
+logging.getLogger("script").warning("the parent logs")
+p.flush()
+if sys.argv[1:] == ["pool"]:
+    # A spawn child imports this module again and meets start() at its top level.
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=work, args=(1,))
+    child.start()
+    child.join(60)
+    print("child exit code", child.exitcode, flush=True)
+p.stop()
+"""
+
+
+def _run_script(code: str, *args: str, stdin: str | None = None, path: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, str(path)] if path is not None else [sys.executable, "-"]
+    return subprocess.run(
+        [*argv, *args], input=stdin, capture_output=True, text=True, env=env_with_root(),
+        cwd=ROOT, timeout=60, check=False,
+    )
+
+
+def test_a_script_without_main_guard(tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_MAIN_GUARD)
+    run = _run_script(NO_MAIN_GUARD, path=script)
+    # The listener does not run the script again: the pipeline just works.
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout.splitlines() == ["the parent logs"], run.stdout
+    # A spawn child that meets start() while importing the script ends with one line.
+    run = _run_script(NO_MAIN_GUARD, "pool", path=script)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "child exit code 1" in run.stdout
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        "mplog: mplog.start() was called while a child process imported the main module; put the "
+        "code that starts the pipeline under `if __name__ == '__main__':`"
+    ], run.stderr
+
+
+def test_a_main_module_read_from_stdin() -> None:
+    run = _run_script("", stdin=NO_MAIN_GUARD)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout.splitlines() == ["the parent logs"], run.stdout
+
+
+def test_stop_names_what_it_could_not_deliver(capfd: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    h = mplog.SocketHandler("127.0.0.1", port)
+    p = mplog.start([h])
+    h.close()
+    for i in range(5):
+        logging.getLogger("app").warning("undeliverable %d", i)
+    assert not p.flush(0.5)
+    t0 = time.monotonic()
+    p.stop(timeout=0.5)
+    assert time.monotonic() - t0 < 0.5 + 2.0
+    st = p.stats()
+    assert (st["received"], st["sent"], st["buffered"], st["dropped"]) == (5, 0, 0, 5), st
+    err = capfd.readouterr().err
+    assert err.count("5 records could not be delivered before the pipeline stopped (counted in dropped)") == 1, err
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_every_start_method(tmp_path: pathlib.Path, method: str, start_pipeline) -> None:
+    fh = _dress(logging.FileHandler(tmp_path / "out.log"))
+    p = start_pipeline([fh], start_method=method)
+    fh.close()
+    logging.getLogger("app").warning("main")
+    assert p.flush(10)
+    assert (tmp_path / "out.log").read_text().splitlines() == ["WARNING|app|main"]

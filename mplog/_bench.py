@@ -358,19 +358,24 @@ class _Owned:
     """The processes and pipeline one setup started; :meth:`close` ends every one."""
 
     def __init__(self) -> None:
-        self.procs: list[Any] = []
+        self.procs: list[tuple[str, Any]] = []
         self.pipeline: mplog.Pipeline | None = None
         self.dirs: list[str] = []
+        # The queues and events the processes were given: a child started by the
+        # forkserver unpickles them after start() returns, so they must outlive it.
+        self.keep: list[Any] = []
 
     def close(self) -> None:
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
-        for p in self.procs:
+        for _, p in self.procs:
             if p.is_alive():
                 p.kill()
+        for _, p in self.procs:
             p.join(10)
         self.procs.clear()
+        self.keep.clear()
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -414,19 +419,19 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
     port_q, done_q, out, ready = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue()
     counter = ctx.RawValue("q", 0)
     go = ctx.Event()
+    owned.keep += [port_q, done_q, out, ready, counter, go]
     rcv = None
 
     def alive() -> None:
-        for p in owned.procs:
+        for name, p in owned.procs:
             if p.exitcode not in (None, 0):
-                name = "receiver" if p is rcv else "a helper process"
                 raise _SetupFailed(f"{name} exited with status {p.exitcode}")
 
     if kind != "fmt-only":
         rcv = ctx.Process(target=_receiver_main, args=(port_q, total, done_q, counter),
                           daemon=True)
         rcv.start()
-        owned.procs.append(rcv)
+        owned.procs.append(("the receiver", rcv))
         port = _get(port_q, deadline, alive, "the receiver's port")
     listener_pid = None
     arg: Any = None
@@ -442,9 +447,10 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
         listener_pid = owned.pipeline.pid
     elif kind == "cookbook":
         arg = ctx.Queue(-1)
+        owned.keep.append(arg)
         listener = ctx.Process(target=_cookbook_listener, args=(arg, port), daemon=True)
         listener.start()
-        owned.procs.append(listener)
+        owned.procs.append(("the cookbook's listener", listener))
         listener_pid = listener.pid
     elif kind == "per-proc":
         arg = port
@@ -453,7 +459,7 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
                for _ in range(nworkers)]
     for w in workers:
         w.start()
-        owned.procs.append(w)
+        owned.procs.append(("a worker", w))
     for k in range(nworkers):
         _get(ready, deadline, alive, f"workers to start ({k} of {nworkers} ready)")
         progress.update(0.0, f"{k + 1}/{nworkers} workers ready")

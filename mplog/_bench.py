@@ -222,13 +222,30 @@ class Progress:
 # -- part 1: helper processes (module level: the forkserver imports them by name) --------------
 
 
-def _parent_gone(parent: int) -> bool:
-    return os.getppid() != parent
+def _exit_with_bench() -> None:
+    """End this helper process as soon as the bench process is gone (even SIGKILLed).
+
+    Its OS parent is the forkserver, which lives as long as any of its children does, so
+    the parent's pid says nothing; the sentinel of ``multiprocessing.parent_process()``
+    is the bench's own. A daemon thread blocked on it costs no CPU while it waits.
+    """
+    from multiprocessing.connection import wait
+
+    bench = mp.parent_process()
+    if bench is None:
+        return
+    sentinel = bench.sentinel
+
+    def watch() -> None:
+        wait([sentinel])
+        os._exit(3)
+
+    threading.Thread(target=watch, name="mplog-bench-watch", daemon=True).start()
 
 
 def _receiver_main(port_q: Any, expected: int, done_q: Any, counter: Any) -> None:
     """Count stdlib-wire frames on every connection; report once *expected* arrived."""
-    parent = os.getppid()
+    _exit_with_bench()
     srv = socket.create_server(("127.0.0.1", 0))
     port_q.put(srv.getsockname()[1])
     count = 0
@@ -259,8 +276,6 @@ def _receiver_main(port_q: Any, expected: int, done_q: Any, counter: Any) -> Non
 
     srv.settimeout(0.2)
     while not finished.is_set():
-        if _parent_gone(parent):
-            return
         try:
             conn, _ = srv.accept()
         except TimeoutError:
@@ -277,6 +292,7 @@ class _FormatOnly(logging.Handler):
 
 
 def _worker(kind: str, arg: Any, n: int, *, wait_s: float, ready: Any, go: Any, out: Any) -> None:
+    _exit_with_bench()
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -293,7 +309,7 @@ def _worker(kind: str, arg: Any, n: int, *, wait_s: float, ready: Any, go: Any, 
         root.addHandler(h)
     log = logging.getLogger("bench")
     ready.put(os.getpid())
-    if not go.wait(wait_s):  # the bench gave up on this setup (or died)
+    if not go.wait(wait_s):  # the bench gave up on this setup
         os._exit(3)
     t = time.process_time()
     for i in range(n):
@@ -308,15 +324,13 @@ def _worker(kind: str, arg: Any, n: int, *, wait_s: float, ready: Any, go: Any, 
 
 
 def _cookbook_listener(q: Any, port: int) -> None:
-    parent = os.getppid()
+    _exit_with_bench()
     h = logging.handlers.SocketHandler("127.0.0.1", port)
     ql = logging.handlers.QueueListener(q, h)
     ql.start()
     thread = ql._thread  # ends at the sentinel
-    while thread is not None and thread.is_alive():
-        thread.join(0.2)
-        if _parent_gone(parent):
-            os._exit(3)
+    assert thread is not None
+    thread.join()
     h.close()
 
 

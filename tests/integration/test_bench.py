@@ -11,6 +11,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -152,6 +153,35 @@ def test_failed_setups_show_as_failed_exit_1_and_leave_nothing(tmp_path: pathlib
     ratios = _table_rows(out.read_text(), "### Ratios against the goals")
     assert all(r[3] == "-" and r[4].startswith("not measured: ") for r in ratios), ratios
     assert "The collector part was not run (`--no-collector`)." in out.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_mid_run_leaves_nothing(tmp_path: pathlib.Path, sig: signal.Signals) -> None:
+    token = uuid.uuid4().hex
+    env = env_with_root()
+    env["MPLOG_BENCH_TEST_TOKEN"] = token
+    err = tmp_path / "stderr"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mplog", "bench", "--no-collector", "--sizes", "16",
+             "--records", "2000000", "--out", str(tmp_path / "bench.md")],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
+    try:
+        # Mid-run: the first setup's 16 workers, its listener and its receiver are up.
+        wait_until(lambda: len(_left_behind(token)) >= 18, 120, "the first setup's processes")
+        assert "[1/4] mplog, N=16" in err.read_text()
+        proc.send_signal(sig)
+        rc = proc.wait(60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == (143 if sig == signal.SIGTERM else -signal.SIGKILL), err.read_text()[-2000:]
+    _no_process_left(token)
+    assert "Traceback" not in err.read_text()
+    assert not (tmp_path / "bench.md").exists()
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ import multiprocessing as mp
 import os
 import pathlib
 import platform
+import queue
 import select
 import shutil
 import signal
@@ -232,6 +233,8 @@ def _exit_with_bench() -> None:
     """
     from multiprocessing.connection import wait
 
+    # Ctrl-C reaches the whole process group: the bench itself ends its helpers, quietly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     bench = mp.parent_process()
     if bench is None:
         return
@@ -389,25 +392,31 @@ class _Owned:
         # forkserver unpickles them after start() returns, so they must outlive it.
         self.keep: list[Any] = []
 
-    def close(self) -> None:
+    def close(self) -> list[str]:
+        """End everything; what did not go as it should, one phrase each."""
+        problems = []
         if self.pipeline is not None:
-            self.pipeline.stop()
+            try:
+                self.pipeline.stop()
+            except Exception as exc:  # reported in the setup's row
+                problems.append(f"stopping the pipeline: {type(exc).__name__}: {exc}")
             self.pipeline = None
         for _, p in self.procs:
             if p.is_alive():
                 p.kill()
-        for _, p in self.procs:
+        for name, p in self.procs:
             p.join(10)
+            if p.exitcode is None:
+                problems.append(f"{name} (pid {p.pid}) did not end")
         self.procs.clear()
         self.keep.clear()
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
+        return problems
 
 
 def _get(q: Any, deadline: float, alive: Callable[[], None], what: str) -> Any:
     """The next item of *q*, checking *alive* and the deadline while waiting."""
-    import queue
-
     while True:
         try:
             return q.get(timeout=0.05)
@@ -430,10 +439,12 @@ def _run_setup(ctx: Any, kind: str, nworkers: int, *, total: int, timeout: float
                  owned=owned, progress=progress, res=res)
     except _SetupFailed as exc:
         res.error = f"{exc} (after {time.monotonic() - start:.1f} s)"
-    except (OSError, mplog.MplogError, psutil.Error) as exc:
+    except Exception as exc:  # whatever broke this setup shows in its row; the rest runs
         res.error = f"{type(exc).__name__}: {exc}"
     finally:
-        owned.close()
+        problems = owned.close()
+    if problems:
+        res.error = "; ".join(([res.error] if res.error else []) + problems)
     return res
 
 
@@ -479,7 +490,8 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
     elif kind == "per-proc":
         arg = port
     workers = [ctx.Process(target=_worker, args=(kind, arg, per),
-                           kwargs={"wait_s": timeout, "ready": ready, "go": go, "out": out})
+                           # wait_s: a safety net only; the bench's own deadline comes first
+                           kwargs={"wait_s": timeout + 30, "ready": ready, "go": go, "out": out})
                for _ in range(nworkers)]
     for w in workers:
         w.start()
@@ -496,8 +508,6 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
     results: list[tuple[float, float, int]] = []
     t_end: float | None = None
     connections = 0
-    import queue
-
     while len(results) < nworkers or (rcv is not None and t_end is None):
         if lst is not None:
             with contextlib.suppress(psutil.Error):
@@ -885,7 +895,7 @@ def run_collector(cfg: BenchConfig, progress: Progress) -> tuple[list[CollectorR
                 res.rates.append(rate)
                 res.cpu_us.append(cpu)
                 progress.end(f"{rate:,.0f} rec/s, receiver {cpu:.2f} µs/rec")
-            except (_SetupFailed, OSError, mplog.MplogError, psutil.Error) as exc:
+            except Exception as exc:  # shown in the row; the other receivers still run
                 res.error = str(exc) if isinstance(exc, _SetupFailed) else (
                     f"{type(exc).__name__}: {exc}")
                 progress.end(f"failed: {res.error}")
@@ -1112,8 +1122,19 @@ def _sigterm(signum: int, frame: object) -> None:
 
 
 def main(cfg: BenchConfig) -> int:
-    """Run the benchmark; 0 if every setup ran, 1 if one failed; the report is written."""
+    """Run the benchmark; 0 if every setup ran, 1 if one failed; the report is written.
+
+    Raises :class:`UsageError` (before anything runs) for a user mistake.
+    """
     check_usage(cfg)
+    try:
+        return _main(cfg)
+    except KeyboardInterrupt:  # everything started is already ended (finally blocks)
+        sys.stderr.write("\nmplog bench: interrupted; no report written\n")
+        return 130
+
+
+def _main(cfg: BenchConfig) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
     steps = len(cfg.sizes) * len(setups(cfg))

@@ -591,14 +591,20 @@ def _sample_records(n: int) -> Iterator[logging.LogRecord]:
                              (i, (i % 1000) * 0.125), None, "handle")
 
 
-def _mplog_frames(n: int, key: bytes | None, sender: str) -> tuple[Any, list[bytes]]:
+def _mplog_payloads(n: int) -> list[bytes]:
+    """The records' mplog-wire payloads (seq || JSON): the costly part, made once."""
     from ._record import prepare_dict
-    from ._wires.mplog import ClientSession, record_payload
+    from ._wires.mplog import record_payload
 
-    session = ClientSession(sender, key, 1024)
-    frames = [session.frame(record_payload(i + 1, prepare_dict(r)))
-              for i, r in enumerate(_sample_records(n))]
-    return session, frames
+    return [record_payload(i + 1, prepare_dict(r)) for i, r in enumerate(_sample_records(n))]
+
+
+def _mplog_frames(payloads: list[bytes], key: bytes | None) -> tuple[Any, list[bytes]]:
+    """A fresh client session (a new sender id) and its frames (signed if *key*)."""
+    from ._wires.mplog import ClientSession
+
+    session = ClientSession(f"bench-{os.getpid()}-{time.monotonic_ns()}", key, 1024)
+    return session, [session.frame(p) for p in payloads]
 
 
 def _pickle_frames(n: int) -> list[bytes]:
@@ -883,12 +889,14 @@ def run_collector(cfg: BenchConfig, progress: Progress) -> tuple[list[CollectorR
             receiver = f"{_rsyslog_version(rsyslogd)} imtcp -> omfile"
         res = CollectorResult(receiver, wire)
         results.append(res)
+        made: _Frames | None = None
         for run in range(cfg.collector_runs):
             progress.begin(f"{receiver}, {wire}, {n:,} records, run {run + 1}/{cfg.collector_runs}")
             try:
                 with tempfile.TemporaryDirectory(prefix="mplog-bench-") as d:
                     workdir = pathlib.Path(d)
-                    session, frames = _frames(kind, n, workdir)
+                    made = made or _Frames(kind, n)
+                    session, frames = made.for_run(workdir)
                     res.frame_bytes = sum(map(len, frames)) / len(frames)
                     rate, cpu = _collector_run(kind, frames, session=session, workdir=workdir,
                                                timeout=timeout, progress=progress)
@@ -903,18 +911,26 @@ def run_collector(cfg: BenchConfig, progress: Progress) -> tuple[list[CollectorR
     return results, note
 
 
-def _frames(kind: str, n: int, workdir: pathlib.Path) -> tuple[Any, list[bytes]]:
-    if kind == "rsyslog":
-        return None, _syslog_frames(n)
-    if kind == "serve-pickle":
-        return None, _pickle_frames(n)
-    key = None
-    if kind == "serve-hmac":
-        key = os.urandom(32).hex().encode()
-        path = workdir / "key"
-        path.write_bytes(key)  # the collector reads the same key
-        path.chmod(0o600)
-    return _mplog_frames(n, key, f"bench-{os.getpid()}-{time.monotonic_ns()}")
+class _Frames:
+    """Pre-built frames for one receiver: built once, framed afresh for every run."""
+
+    def __init__(self, kind: str, n: int) -> None:
+        self.kind = kind
+        self.key = os.urandom(32).hex().encode() if kind == "serve-hmac" else None
+        self._made: list[bytes] = (
+            _syslog_frames(n) if kind == "rsyslog" else
+            _pickle_frames(n) if kind == "serve-pickle" else _mplog_payloads(n)
+        )
+
+    def for_run(self, workdir: pathlib.Path) -> tuple[Any, list[bytes]]:
+        """(client session or None, frames) for a run whose receiver works in *workdir*."""
+        if self.kind in ("rsyslog", "serve-pickle"):
+            return None, self._made
+        if self.key is not None:
+            path = workdir / "key"
+            path.write_bytes(self.key)  # the collector reads the same key
+            path.chmod(0o600)
+        return _mplog_frames(self._made, self.key)
 
 
 # -- the report --------------------------------------------------------------------------------

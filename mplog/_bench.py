@@ -247,8 +247,9 @@ def _exit_with_bench() -> None:
     threading.Thread(target=watch, name="mplog-bench-watch", daemon=True).start()
 
 
-def _receiver_main(port_q: Any, expected: int, done_q: Any, counter: Any) -> None:
-    """Count stdlib-wire frames on every connection; report once *expected* arrived."""
+def _receiver_main(port_q: Any, expected: int, done_q: Any, counter: Any, release: Any) -> None:
+    """Count stdlib-wire frames on every connection; report once *expected* arrived, then
+    stay until *release* is set (the bench reads this process's CPU time first)."""
     _exit_with_bench()
     srv = socket.create_server(("127.0.0.1", 0))
     port_q.put(srv.getsockname()[1])
@@ -288,6 +289,7 @@ def _receiver_main(port_q: Any, expected: int, done_q: Any, counter: Any) -> Non
             connections += 1
         threading.Thread(target=read, args=(conn,), daemon=True).start()
     srv.close()
+    release.wait()
 
 
 class _FormatOnly(logging.Handler):
@@ -453,8 +455,8 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
     total = per * nworkers
     port_q, done_q, out, ready = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue()
     counter = ctx.RawValue("q", 0)
-    go = ctx.Event()
-    owned.keep += [port_q, done_q, out, ready, counter, go]
+    go, release = ctx.Event(), ctx.Event()
+    owned.keep += [port_q, done_q, out, ready, counter, go, release]
     rcv = None
 
     def alive() -> None:
@@ -463,7 +465,7 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
                 raise _SetupFailed(f"{name} exited with status {p.exitcode}")
 
     if kind != "fmt-only":
-        rcv = ctx.Process(target=_receiver_main, args=(port_q, total, done_q, counter),
+        rcv = ctx.Process(target=_receiver_main, args=(port_q, total, done_q, counter, release),
                           daemon=True)
         rcv.start()
         owned.procs.append(("the receiver", rcv))
@@ -534,6 +536,7 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
     t_stop = t_end if t_end is not None else time.monotonic()
     other = sum(_cpu(p) - base[p] for p in extra)
     listener_cpu = (_cpu(lst.pid) - base[lst.pid]) if lst is not None else None
+    release.set()
     loop_cpu = sum(r[0] for r in results)
     worker_cpu = sum(r[1] for r in results)
     for w in workers:
@@ -541,6 +544,8 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
     if kind == "cookbook":  # the sentinel ends its QueueListener (killed only on failure)
         arg.put(None)
         listener.join(30)
+    if rcv is not None:
+        rcv.join(30)
     res.rate = total / (t_stop - t0) if rcv is not None else None
     res.worker_us = loop_cpu / total * 1e6
     res.total_us = (worker_cpu + other) / total * 1e6

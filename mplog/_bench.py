@@ -25,8 +25,8 @@ Rules this module keeps:
   encoders); nothing here changes how mplog runs.
 - Everything it starts it ends: every setup runs under a deadline, a setup that fails or
   times out is reported as ``failed: reason`` and its processes are killed; daemons get
-  ``PR_SET_PDEATHSIG`` and helper processes watch their parent, so even a killed
-  ``mplog bench`` leaves nothing running.
+  ``PR_SET_PDEATHSIG`` and helper processes wait on the bench process's sentinel (their
+  OS parent is the forkserver), so even a killed ``mplog bench`` leaves nothing running.
 - Progress goes to stderr (one rewritten line on a terminal, plain lines otherwise); the
   report is markdown, written to ``--out`` between two markers (the rest of the file is
   kept) or to stdout.

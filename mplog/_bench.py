@@ -604,12 +604,13 @@ def _mplog_payloads(n: int) -> list[bytes]:
     return [record_payload(i + 1, prepare_dict(r)) for i, r in enumerate(_sample_records(n))]
 
 
-def _mplog_frames(payloads: list[bytes], key: bytes | None) -> tuple[Any, list[bytes]]:
-    """A fresh client session (a new sender id) and its frames (signed if *key*)."""
-    from ._wires.mplog import ClientSession
+def _mplog_session(key: bytes | None) -> Any:
+    """A fresh client session (a new sender id; its own nonce where the wire has one),
+    made by the wire itself, so the bench speaks whatever version mplog speaks."""
+    from ._wires.mplog import MplogWire
 
-    session = ClientSession(f"bench-{os.getpid()}-{time.monotonic_ns()}", key, 1024)
-    return session, [session.frame(p) for p in payloads]
+    wire = MplogWire(hmac_key=key, sender_id=f"bench-{os.getpid()}-{time.monotonic_ns()}")
+    return wire.new_session()
 
 
 def _pickle_frames(n: int) -> list[bytes]:
@@ -824,10 +825,11 @@ def _blast(sock: socket.socket, frames: list[bytes], *, session: Any, deadline: 
         progress.update(acked / total)
 
 
-def _collector_run(kind: str, frames: list[bytes], *, session: Any, workdir: pathlib.Path,
-                   timeout: float, progress: Progress) -> tuple[float, float]:
-    """One run: (records/s, receiver CPU µs per record)."""
+def _collector_run(kind: str, made: _Frames, *, workdir: pathlib.Path, timeout: float,
+                   progress: Progress) -> tuple[float, float, float]:
+    """One run: (records/s, receiver CPU µs per record, mean frame size)."""
     deadline = time.monotonic() + timeout
+    session = made.session(workdir)
     out = workdir / "out.jsonl"
     if kind == "rsyslog":
         rsyslogd = rsyslogd_path()
@@ -839,19 +841,20 @@ def _collector_run(kind: str, frames: list[bytes], *, session: Any, workdir: pat
         daemon = _Daemon(argv, workdir, out, deadline, port_file=workdir / "port")
     else:
         argv = [sys.executable, "-m", "mplog", "serve", "--port", "0", "--output", str(out)]
-        if kind == "serve-hmac":  # the key file _frames wrote
+        if kind == "serve-hmac":  # the key file made.session() wrote
             argv += ["--hmac-key-file", str(workdir / "key")]
         daemon = _Daemon(argv, workdir, out, deadline)
     lines = _LineCounter(out)
-    total = len(frames)
+    total = made.count
     try:
         with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if session is not None:  # handshake before the clock: frames are pre-built
+            if session is not None:  # handshake, then the frames: all before the clock
                 sock.sendall(session.handshake())
                 while not session.ready:
                     sock.settimeout(max(deadline - time.monotonic(), 0.01))
                     session.receive(sock.recv(1 << 16))
+            frames = made.frames(session)
             cpu0 = daemon.cpu()
             t0 = time.monotonic()
             _blast(sock, frames, session=session, deadline=deadline, lines=lines,
@@ -865,7 +868,7 @@ def _collector_run(kind: str, frames: list[bytes], *, session: Any, workdir: pat
                 time.sleep(0.001)  # polling the output file: it is the finish line
             elapsed = time.monotonic() - t0
             cpu = daemon.cpu() - cpu0
-        return total / elapsed, cpu / total * 1e6
+        return total / elapsed, cpu / total * 1e6, sum(map(len, frames)) / total
     finally:
         lines.close()
         daemon.stop()
@@ -901,10 +904,8 @@ def run_collector(cfg: BenchConfig, progress: Progress) -> tuple[list[CollectorR
                 with tempfile.TemporaryDirectory(prefix="mplog-bench-") as d:
                     workdir = pathlib.Path(d)
                     made = made or _Frames(kind, n)
-                    session, frames = made.for_run(workdir)
-                    res.frame_bytes = sum(map(len, frames)) / len(frames)
-                    rate, cpu = _collector_run(kind, frames, session=session, workdir=workdir,
-                                               timeout=timeout, progress=progress)
+                    rate, cpu, res.frame_bytes = _collector_run(
+                        kind, made, workdir=workdir, timeout=timeout, progress=progress)
                 res.rates.append(rate)
                 res.cpu_us.append(cpu)
                 progress.end(f"{rate:,.0f} rec/s, receiver {cpu:.2f} µs/rec")
@@ -917,7 +918,8 @@ def run_collector(cfg: BenchConfig, progress: Progress) -> tuple[list[CollectorR
 
 
 class _Frames:
-    """Pre-built frames for one receiver: built once, framed afresh for every run."""
+    """Pre-built frames for one receiver: encoded once; on the mplog wire only framed
+    (and signed) afresh for each connection, once its session is established."""
 
     def __init__(self, kind: str, n: int) -> None:
         self.kind = kind
@@ -926,16 +928,24 @@ class _Frames:
             _syslog_frames(n) if kind == "rsyslog" else
             _pickle_frames(n) if kind == "serve-pickle" else _mplog_payloads(n)
         )
+        self.count = n
 
-    def for_run(self, workdir: pathlib.Path) -> tuple[Any, list[bytes]]:
-        """(client session or None, frames) for a run whose receiver works in *workdir*."""
+    def session(self, workdir: pathlib.Path) -> Any:
+        """The mplog-wire client session for one run (None for the other wires); the
+        key file the collector of that run reads is written to *workdir*."""
         if self.kind in ("rsyslog", "serve-pickle"):
-            return None, self._made
+            return None
         if self.key is not None:
             path = workdir / "key"
-            path.write_bytes(self.key)  # the collector reads the same key
+            path.write_bytes(self.key)
             path.chmod(0o600)
-        return _mplog_frames(self._made, self.key)
+        return _mplog_session(self.key)
+
+    def frames(self, session: Any) -> list[bytes]:
+        """The frames to send (after the welcome, when *session* is not None)."""
+        if session is None:
+            return self._made
+        return [session.frame(p) for p in self._made]
 
 
 # -- the report --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"mplog {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_bench(sub)
     demo = sub.add_parser(
         "demo", help="a pool of workers logging through a pipeline into a receiver"
     )
@@ -57,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="rotated files to keep (default 5)")
     serve.add_argument("--fsync", action="store_true",
                        help="fsync the output before acknowledging records")
+    return p
+
+
+def _port(text: str) -> int:
+    value = _nonneg(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser(
         "bench", help="benchmark mplog against the stdlib patterns on this machine",
         description="Side by side: mplog, the logging cookbook's QueueHandler + "
@@ -71,26 +83,32 @@ def _parser() -> argparse.ArgumentParser:
                        help="also draw records/s as a bar chart (needs matplotlib)")
     bench.add_argument("--no-collector", action="store_true",
                        help="skip mplog serve against rsyslog")
-    bench.add_argument("--sizes", type=_sizes, metavar="N,N,...",
-                       help="worker counts (default 4,16,64; --quick: 4)")
+    bench.add_argument("--sizes", type=lambda text: [_positive(x) for x in text.split(",")],
+                       metavar="N,N,...", help="worker counts (default 4,16,64; --quick: 4)")
     bench.add_argument("--records", type=_positive, help="records per run, all workers together")
     bench.add_argument("--spool", action="store_true",
                        help='also run mplog with spool_mode="all" (every record on disk)')
     bench.add_argument("--timeout", type=float, metavar="SECONDS",
                        help="give up on a setup after this long (default: from --records)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    return p
 
 
-def _sizes(text: str) -> list[int]:
-    return [_positive(x) for x in text.split(",")]
+def _bench(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import shlex
 
+    from . import _bench
 
-def _port(text: str) -> int:
-    value = _nonneg(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
-    return value
+    cfg = _bench.BenchConfig.make(
+        quick=args.quick, sizes=args.sizes, records=args.records,
+        collector=not args.no_collector, spool=args.spool, timeout=args.timeout,
+        out=args.out, plot=args.plot, json_out=args.json,
+        command=shlex.join(["mplog", *(sys.argv[1:] if argv is None else argv)]),
+    )
+    try:
+        return _bench.main(cfg)
+    except _bench.UsageError as exc:
+        sys.stderr.write(f"mplog bench: {exc}\n")
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -128,20 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "bench":
-        import shlex
-
-        from . import _bench
-
-        cfg = _bench.BenchConfig.make(
-            quick=args.quick, sizes=args.sizes, records=args.records,
-            collector=not args.no_collector, spool=args.spool, timeout=args.timeout,
-            out=args.out, plot=args.plot, json_out=args.json,
-            command=shlex.join(["mplog", *(sys.argv[1:] if argv is None else argv)]),
-        )
-        try:
-            return _bench.main(cfg)
-        except _bench.UsageError as exc:
-            sys.stderr.write(f"mplog bench: {exc}\n")
-            return 2
+        return _bench(args, argv)
     _parser().print_help(sys.stderr)
     return 2

@@ -235,3 +235,13 @@ def test_help_lists_the_options() -> None:
     assert proc.returncode == 0
     for opt in ("--quick", "--out FILE.md", "--plot FILE.png", "--no-collector"):
         assert opt in proc.stdout
+
+
+def test_the_old_script_is_the_same_program() -> None:
+    proc = subprocess.run([sys.executable, "benchmarks/bench_pipeline.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: mplog bench ")
+    bad = subprocess.run([sys.executable, "benchmarks/bench_pipeline.py", "--sizes", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "must be at least 1" in bad.stderr

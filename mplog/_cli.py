@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"mplog {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_bench(sub)
     demo = sub.add_parser(
         "demo", help="a pool of workers logging through a pipeline into a receiver"
     )
@@ -90,6 +91,49 @@ def _port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
     return value
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser(
+        "bench", help="benchmark mplog against the stdlib patterns on this machine",
+        description="Side by side: mplog, the logging cookbook's QueueHandler + "
+        "QueueListener, a SocketHandler in every process, and a format-only floor; then "
+        "mplog serve against rsyslog. Progress on stderr; the markdown report on stdout, or "
+        "in FILE.md between the mplog bench markers (the rest of an existing file is kept).",
+    )
+    bench.add_argument("--quick", action="store_true",
+                       help="N = 4 only, 2,000 records per worker, one collector run")
+    bench.add_argument("--out", metavar="FILE.md", help="write the markdown report to FILE.md")
+    bench.add_argument("--plot", metavar="FILE.png",
+                       help="also draw records/s as a bar chart (needs matplotlib)")
+    bench.add_argument("--no-collector", action="store_true",
+                       help="skip mplog serve against rsyslog")
+    bench.add_argument("--sizes", type=lambda text: [_positive(x) for x in text.split(",")],
+                       metavar="N,N,...", help="worker counts (default 4,16,64; --quick: 4)")
+    bench.add_argument("--records", type=_positive, help="records per run, all workers together")
+    bench.add_argument("--spool", action="store_true",
+                       help='also run mplog with spool_mode="all" (every record on disk)')
+    bench.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="give up on a setup after this long (default: from --records)")
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+
+
+def _bench(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import shlex
+
+    from . import _bench
+
+    cfg = _bench.BenchConfig.make(
+        quick=args.quick, sizes=args.sizes, records=args.records,
+        collector=not args.no_collector, spool=args.spool, timeout=args.timeout,
+        out=args.out, plot=args.plot, json_out=args.json,
+        command=shlex.join(["mplog", *(sys.argv[1:] if argv is None else argv)]),
+    )
+    try:
+        return _bench.main(cfg)
+    except _bench.UsageError as exc:
+        sys.stderr.write(f"mplog bench: {exc}\n")
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -150,5 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command in _ops.COMMANDS:
         return _ops.run(args)
+    if args.command == "bench":
+        return _bench(args, argv)
     _parser().print_help(sys.stderr)
     return 2

@@ -44,7 +44,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError, MplogError, ProtocolError, RemoteProtocolError
+from ._errors import MplogError, ProtocolError, RemoteProtocolError
 from ._framing import FrameSplitter
 from ._record import (
     check_control,

@@ -68,3 +68,18 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def _join_if_child() -> None:
+    # A spawn/forkserver child of a configured process joins its pipeline (see
+    # mplog._autojoin: only when MPLOG_ADDRESS is set and this is a multiprocessing child;
+    # in any other process importing mplog changes nothing, and imports nothing more).
+    import os
+
+    if os.environ.get("MPLOG_ADDRESS"):
+        from ._autojoin import join_if_child
+
+        join_if_child()
+
+
+_join_if_child()

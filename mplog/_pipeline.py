@@ -32,7 +32,6 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from ._autojoin import join_if_child
 from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
@@ -864,7 +863,3 @@ def worker_init(address: str | None = None, *, level: int | str | None = None) -
             h.close()
     root.addHandler(QueueHandler(address))
 
-
-# A spawn/forkserver child of a configured process joins its pipeline (mplog._autojoin);
-# in any other process this does nothing.
-join_if_child()

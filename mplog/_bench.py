@@ -304,7 +304,10 @@ def _worker(kind: str, arg: Any, n: int, *, wait_s: float, ready: Any, go: Any, 
         root.removeHandler(h)
     root.setLevel(logging.INFO)
     if kind.startswith("mplog"):
-        mplog.worker_init(str(arg), level=logging.INFO)
+        try:
+            mplog.worker_init(str(arg), level=logging.INFO)
+        except mplog.ConfigError:
+            return  # the setup was given up (its deadline) before this worker started
     elif kind == "cookbook":
         root.addHandler(logging.handlers.QueueHandler(arg))
     elif kind == "per-proc":

@@ -393,6 +393,7 @@ MAX_CONTROL_TIMEOUT = 3600.0
 #: validated like a data frame before anything acts on it.
 _CONTROL_FIELDS: dict[str, dict[str, str]] = {
     "stats": {},
+    "top": {},
     "flush": {"timeout": "timeout"},
     "stop": {"timeout": "timeout"},
     "lost": {"count": "count", "first": "time", "last": "time", "pid": "count"},

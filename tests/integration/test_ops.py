@@ -315,7 +315,7 @@ def test_top_in_a_terminal(
     assert any(f"127.0.0.1:{receiver.port}" in line and "connected" in line and " 123 " in line
                for line in lines), text
     (dead,) = [line for line in lines if f"127.0.0.1:{dead_port}" in line]
-    assert "back-off" in dead and "123/100000" in dead and "Connection refused" in dead, dead
+    assert "back-off" in dead and "123/100000" in dead and "refused" in dead, dead
     assert re.search(r"back-off \d+\.\ds", dead), dead  # when the next try is due
     (me,) = [line for line in lines if line.split()[:1] == [str(os.getpid())]]
     assert me.split()[-2] == "123"  # records this process wrote (then its rate)

@@ -75,8 +75,12 @@ def _join_if_child() -> None:
     # mplog._autojoin: only when MPLOG_ADDRESS is set and this is a multiprocessing child;
     # in any other process importing mplog changes nothing, and imports nothing more).
     import os
+    import sys
 
-    if os.environ.get("MPLOG_ADDRESS"):
+    started_by_multiprocessing = (
+        "multiprocessing.process" in sys.modules or "multiprocess.process" in sys.modules
+    )
+    if started_by_multiprocessing and os.environ.get("MPLOG_ADDRESS"):
         from ._autojoin import join_if_child
 
         join_if_child()

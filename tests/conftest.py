@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 from collections.abc import Iterator
 
@@ -14,7 +15,13 @@ def _restore_logging_and_check_children() -> Iterator[None]:
     """Each test leaves the root logger as it found it and no child process behind."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    env = {k: os.environ.get(k) for k in ("MPLOG_ADDRESS", "MPLOG_LEVEL", "MPLOG_AUTOJOIN")}
     yield
+    for k, v in env.items():  # worker_init() in a test's own process exports these
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     for h in list(root.handlers):
         if h not in saved[0]:
             root.removeHandler(h)

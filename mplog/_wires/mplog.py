@@ -385,17 +385,7 @@ class ServerConnection:
         return Hello(sender, min(window, self._window))
 
     def _frame(self, frame: bytes) -> Record | Close:
-        mac = self._mac
-        if mac is not None:
-            kind, body, got = _split_mac(frame, "client")
-            if not hmac.compare_digest(got, mac.mac(self._in_pos, kind, body)):
-                raise RemoteProtocolError(
-                    "client sent a frame with a wrong HMAC (tampered, or replayed or "
-                    "spliced from another connection or position)"
-                )
-            self._in_pos += 1
-        else:
-            kind, body = frame[:1], frame[1:]
+        kind, body, self._in_pos = _open(frame, "client", self._mac, self._in_pos)
         if kind == _R:
             if len(body) < _SEQ.size + 2:
                 raise RemoteProtocolError("client sent a record frame too short")
@@ -529,17 +519,7 @@ class ClientSession:
             if not self.ready:
                 self._before_welcome(frame)
                 continue
-            mac = self._mac
-            if mac is not None:
-                kind, body, got = _split_mac(frame, "server")
-                if not hmac.compare_digest(got, mac.mac(self._in_pos, kind, body)):
-                    raise RemoteProtocolError(
-                        "server sent a frame with a wrong HMAC (tampered, or replayed "
-                        "from another connection or position)"
-                    )
-                self._in_pos += 1
-            else:
-                kind, body = frame[:1], frame[1:]
+            kind, body, self._in_pos = _open(frame, "server", self._mac, self._in_pos)
             if kind == b"A":
                 if len(body) != _SEQ.size:
                     raise RemoteProtocolError("server sent a malformed ack")
@@ -592,6 +572,20 @@ class ClientSession:
         self.resume_acked = acked_seq
         self.window = min(self.window, window)
         self.ready = True
+
+
+def _open(frame: bytes, who: str, mac: _SessionMac | None, pos: int) -> tuple[bytes, bytes, int]:
+    """(type, body, next position) of a received *frame*, its MAC checked (with *mac*,
+    the connection's keyed MAC state, at position *pos*) when the session is signed."""
+    if mac is None:
+        return frame[:1], frame[1:], pos
+    kind, body, got = _split_mac(frame, who)
+    if not hmac.compare_digest(got, mac.mac(pos, kind, body)):
+        raise RemoteProtocolError(
+            f"{who} sent a frame with a wrong HMAC (tampered, or replayed or spliced from "
+            "another connection or position)"
+        )
+    return kind, body, pos + 1
 
 
 def _refused(text: str) -> ProtocolError:

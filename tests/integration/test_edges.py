@@ -429,3 +429,23 @@ def test_a_malformed_control_message_closes_that_connection_only(receiver: Recei
     receiver.wait_records(1)
     st = p.stats()
     assert p.pid == pid and st["restarts"] == 0 and st["bad_frames"] == 1
+
+
+def test_a_keyed_collector_refusing_the_stdlib_wire_is_not_counted_as_sent(tmp_path: pathlib.Path, start_pipeline) -> None:
+    # Before: the sender wrote the records into a connection the collector refused and
+    # counted them as sent; they were gone.
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
+    srv = Serve(tmp_path / "out.jsonl", 0, "--hmac-key-file", str(key))
+    try:
+        h = mplog.SocketHandler("127.0.0.1", srv.port)  # wire="pickle"
+        h.retryStart = 0.2
+        p = start_pipeline([h])
+        for i in range(40):
+            logging.getLogger("edges.keyed").warning("k %d", i)
+        st = wait_until(lambda: (s := p.stats())["last_error"] and s, 20, "the refusal in last_error")
+        assert "refused" in st["last_error"] and "HMAC" in st["last_error"], st["last_error"]
+        assert st["sent"] == 0 and st["buffered"] == 40 and st["dropped"] == 0, st
+        assert srv.lines() == []
+    finally:
+        srv.stop()

@@ -449,3 +449,36 @@ def test_a_keyed_collector_refusing_the_stdlib_wire_is_not_counted_as_sent(tmp_p
         assert srv.lines() == []
     finally:
         srv.stop()
+
+
+def test_the_intake_refuses_oversized_frames_and_partial_frames_cost_little(receiver: Receiver, start_pipeline) -> None:
+    # Before: the intake took 16 MiB frames; 20 partial ones cost the listener +320 MiB.
+    import psutil
+
+    from mplog._framing import HEADER
+    from mplog._limits import INTAKE_FRAME
+
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    listener = psutil.Process(p.pid)
+    before = listener.memory_info().rss
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(p.address)
+        s.sendall(HEADER.pack(16 * 1024 * 1024) + b"R" * 1000)
+        s.settimeout(10)
+        assert s.recv(10) == b""  # refused at the length, before any body is buffered
+    held = []
+    try:
+        for _ in range(20):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(p.address)
+            s.sendall(HEADER.pack(INTAKE_FRAME - 4) + b"R" * (INTAKE_FRAME // 2))
+            held.append(s)
+        logging.getLogger("edges.intake").warning("still served")
+        assert p.flush(20)
+        receiver.wait_records(1)
+        grew = listener.memory_info().rss - before
+        assert grew < 20 * INTAKE_FRAME + 16 * 1024 * 1024, grew  # bounded by the frame limit
+    finally:
+        for s in held:
+            s.close()
+    assert p.stats()["bad_frames"] == 1

@@ -321,12 +321,28 @@ class IntakeClient:
                 return True
             self._depth = 1
             try:
-                ok = self._send_locked(frame)
-                while True:
-                    while self._pending:
-                        self._send_locked(self._pending.popleft())
+                sock = self._sock
+                if sock is not None and self._since_ack_read < ACK_READ_BYTES:
+                    # The common case, inlined: a connection, no acks to read yet.
+                    try:
+                        sock.sendall(frame)
+                    except OSError:
+                        ok = self._send_locked(frame)  # the listener went: the slow path
+                    else:
+                        self._retained.append(frame)
+                        n = len(frame)
+                        self._retained_bytes += n
+                        self._since_ack_read += n
+                        self._outage_deadline = None
+                        ok = True
+                else:
+                    ok = self._send_locked(frame)
+                pending = self._pending
+                while pending:
+                    while pending:
+                        self._send_locked(pending.popleft())
                     self._depth = 0
-                    if not self._pending:  # nothing queued after the last check
+                    if not pending:  # nothing queued after the last check
                         break
                     self._depth = 1
             finally:

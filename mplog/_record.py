@@ -251,8 +251,9 @@ def encode(record: logging.LogRecord) -> bytes:
     d = record.__dict__
     fields: tuple[Any, ...] | None = None
     try:
-        if isinstance(record.msg, dict) and not record.args:
-            fields = _dict_fields(record, record.msg, msg)
+        m = record.msg
+        if m.__class__ is not str and isinstance(m, dict) and not record.args:
+            fields = _dict_fields(record, m, msg)
             text = _to_json(fields)
         elif (
             len(d) == _BASE_LEN

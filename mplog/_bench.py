@@ -517,11 +517,9 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
         if lst is not None:
             with contextlib.suppress(psutil.Error):
                 peak = max(peak, lst.memory_info().rss)
-        try:
+        with contextlib.suppress(queue.Empty):  # no more results yet: sample again
             while len(results) < nworkers:
                 results.append(out.get_nowait())
-        except queue.Empty:
-            pass
         if rcv is not None and t_end is None:
             with contextlib.suppress(queue.Empty):
                 t_end, connections = done_q.get(timeout=0.02)

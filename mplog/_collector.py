@@ -46,10 +46,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from ._config import load_key
 from ._errors import ConfigError, ProtocolError
 from ._framing import REFUSAL_PREFIX, FrameSplitter
 from ._limits import COLLECTOR_FRAME
+from ._options import load_key
 from ._record import STANDARD_ATTRS
 from ._text import iso_local, one_line, safe_repr
 from ._tls import HANDSHAKE_TIMEOUT, server_context

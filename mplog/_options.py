@@ -8,6 +8,8 @@ Rules this module keeps:
 - Messages name the option, the value given (``repr``, cut) and the allowed values.
 - Nothing here starts anything; :func:`check_intake_address` opens (and closes) one
   connection, the cheapest proof that a listener is there.
+- Options that name files or environment variables are read here, once, when the option
+  is given (:func:`load_key`): the sans-IO wires take values (a key as bytes).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from ._errors import ConfigError
 from ._text import one_line, safe_repr
 
 __all__ = [
+    "ENV_HMAC_KEY",
     "LEVEL_NAMES",
     "check_bool",
     "check_intake_address",
     "check_level",
     "check_seconds",
+    "load_key",
     "check_socket_options",
 ]
 
@@ -193,3 +197,30 @@ def _try_connect(address: str) -> str | None:
     finally:
         s.close()
     return None
+
+
+#: Environment variable holding the HMAC key itself (when no option gives one).
+ENV_HMAC_KEY = "MPLOG_HMAC_KEY"
+
+
+def load_key(hmac_key: bytes | str | None, hmac_key_file: str | None) -> bytes | None:
+    """The HMAC key from *hmac_key*, else *hmac_key_file*, else ``$MPLOG_HMAC_KEY``."""
+    if hmac_key is not None and hmac_key_file is not None:
+        raise ConfigError("give hmac_key or hmac_key_file, not both")
+    if hmac_key_file is not None:
+        try:
+            with open(hmac_key_file, "rb") as f:
+                key = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read hmac_key_file {hmac_key_file!r}: {exc}") from exc
+        if not key:
+            raise ConfigError(f"hmac_key_file {hmac_key_file!r} is empty")
+        return key
+    if hmac_key is None:
+        env = os.environ.get(ENV_HMAC_KEY)
+        return env.encode() if env else None
+    if isinstance(hmac_key, str):
+        hmac_key = hmac_key.encode()
+    if not isinstance(hmac_key, bytes) or not hmac_key:
+        raise ConfigError("hmac_key must be non-empty bytes")
+    return hmac_key

@@ -25,12 +25,11 @@ if TYPE_CHECKING:
 
 from ._backoff import Backoff
 from ._buffer import OVERFLOW_POLICIES, DropReport, FrameBuffer
-from ._config import load_key
 from ._errors import ConfigError
 from ._framing import HEADER
 from ._intake import IntakeClient
 from ._limits import PICKLE_FRAME, fit
-from ._options import check_socket_options
+from ._options import check_socket_options, load_key
 from ._record import STANDARD_ATTRS, encode, make_record, prepare_dict
 from ._sender import Sender, drop_record
 from ._spool import SpooledBuffer

@@ -606,7 +606,7 @@ def record_payload(seq: int, record: Mapping[str, Any]) -> bytes:
 
 
 class MplogWire:
-    """Options: ``hmac_key`` (bytes, already resolved by :func:`mplog._config.load_key`
+    """Options: ``hmac_key`` (bytes, already resolved by :func:`mplog._options.load_key`
     from ``hmac_key=``, ``hmac_key_file=`` or ``$MPLOG_HMAC_KEY``), ``window`` (records in
     flight unacknowledged, default 1024), ``sender_id`` (default: a fresh random id)."""
 

@@ -388,7 +388,11 @@ def test_listener_sigkilled_under_gunicorn_is_restarted(
     g.assert_nothing_left()
     records = wait_shutdown_record(receiver)
     assert sorted(r["request_id"] for r in by_name(records, APP_LOGGER)) == sorted(first + second)
-    assert_clean_output(g)
+    # The kill is the test's: the supervisor may say what the dead listener held (its
+    # counters can be 20 ms old, so records delivered in that moment are included).
+    out = "".join(line for line in g.output().splitlines(keepends=True)
+                  if not re.match(r"mplog: the listener \(pid \d+\) ended with exit code (-9|None); up to \d+ records", line))
+    assert out == "", out
 
 
 def test_ctrl_c_to_the_whole_process_group(

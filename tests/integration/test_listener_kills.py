@@ -77,3 +77,45 @@ def test_listener_sigkilled_5_times_under_load_with_a_spool_loses_nothing(tmp_pa
         assert lines - total <= KILLS * WORKERS * READ_SIZE // 200, lines - total
     finally:
         srv.stop()
+
+
+def test_while_the_listener_restarts_no_log_call_blocks_past_the_budget_and_nothing_goes_to_stderr(
+    receiver, start_pipeline, capfd
+) -> None:
+    from mplog._intake import OUTAGE_BUDGET
+
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    log = logging.getLogger(LOGGER)
+    worst = 0.0
+    n = 0
+    killed_at = None
+    deadline = None
+    import time
+
+    while deadline is None or time.monotonic() < deadline:
+        t = time.monotonic()
+        log.info("r %d", n, extra={"k": 0, "i": n})
+        worst = max(worst, time.monotonic() - t)
+        n += 1
+        if n == 2000:
+            pid = p.pid
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+        if killed_at is not None and deadline is None and p.restarts == 1:
+            deadline = time.monotonic() + 0.5  # log on for a moment with the new listener
+        assert killed_at is None or time.monotonic() - killed_at < 60, "no restart in 60 s"
+    assert p.flush(30)
+    st = p.stats()
+    receiver.wait_records(st["sent"], 30)
+    got = {r["i"] for r in receiver.records() if r.get("name") == LOGGER}
+    # Without a spool, what the dead listener held in memory is lost, and counted from the
+    # counters it last published (up to 20 ms old). Records it took in those last 20 ms
+    # are lost uncounted (issue 12, still open: seen 300-430 of ~2,000 at full speed), so
+    # this test holds the bound it can: most of the loss is counted, and no more is
+    # counted than could have been lost.
+    missing = n - len(got)
+    assert missing >= 0 and st["dropped"] <= n, (missing, st["dropped"])
+    assert st["dropped"] >= missing // 2, (missing, st["dropped"])
+    assert st["restarts"] == 1
+    assert worst < OUTAGE_BUDGET, worst  # the documented bound of one log call
+    assert "record not delivered" not in capfd.readouterr().err  # nothing went to stderr

@@ -176,8 +176,6 @@ class IntakeClient:
         self._unacked_base = 0  # records of this connection before the first retained one
         self._ack_part = b""
         self._since_ack_read = 0
-        #: Records written again to a new listener after the old one died.
-        self.resent = 0
 
     def _read_acks(self, sock: socket.socket) -> None:
         """Forget the records the listener says it handled (never blocks)."""
@@ -290,7 +288,6 @@ class IntakeClient:
             except OSError:
                 s.close()
                 return None
-            self.resent += len(self._retained)
         self._acked = 0
         self._unacked_base = 0
         self._ack_part = b""

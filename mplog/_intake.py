@@ -42,6 +42,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import MplogError, ProtocolError, RemoteProtocolError
@@ -514,6 +515,12 @@ class IntakeServer:
         self._stop_reply: socket.socket | None = None
         self._stop_reason: str | None = None
         self._close_timeout: float | None = None
+        #: Connections with records handled and not yet acknowledged (this turn).
+        self._to_ack: dict[socket.socket, _Conn] = {}
+        #: Called before any acknowledgement goes out (the listener publishes its counters
+        #: on its StatsBoard there): a record a worker forgets is always in
+        #: the counters a supervisor reads after a SIGKILL, so its loss is counted.
+        self.before_ack: Callable[[], object] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -547,6 +554,8 @@ class IntakeServer:
                     self._drain_wake()
                 else:
                     self._read(key.fileobj)  # type: ignore[arg-type]
+            if self._to_ack:
+                self._ack_all()
             if os.getppid() != self.parent_pid:
                 self._stop_reason = "parent died"
                 self._close_timeout = ORPHAN_CLOSE_TIMEOUT
@@ -576,6 +585,7 @@ class IntakeServer:
             self.accepted += 1
 
     def _close_conn(self, sock: socket.socket) -> None:
+        self._to_ack.pop(sock, None)  # a closed connection reads no acknowledgement
         if self.conns.pop(sock, None) is not None:
             self.sel.unregister(sock)
         sock.close()
@@ -606,12 +616,21 @@ class IntakeServer:
                 if not self._process(sock, bodies):
                     return
                 if conn.records != before:
-                    self._ack(conn)
+                    self._to_ack[sock] = conn
             if not data:
                 self._close_conn(sock)
                 return
             if not drain and len(data) < READ_SIZE:
                 return
+
+    def _ack_all(self) -> None:
+        """Acknowledge what this turn handled, once the counters that include it are
+        published (see ``before_ack``)."""
+        if self.before_ack is not None:
+            self.before_ack()
+        conns, self._to_ack = self._to_ack, {}
+        for conn in conns.values():
+            self._ack(conn)
 
     def _ack(self, conn: _Conn) -> None:
         """Tell the worker how many of its records are handled (cumulative, 8 bytes), so
@@ -734,8 +753,11 @@ class IntakeServer:
         """Read and handle everything the workers have written so far."""
         for sock in list(self.conns):
             self._read(sock, drain=True)
+        if self._to_ack:
+            self._ack_all()
 
-    def stats(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, Any]:
+        """The record counters, without the process figures (cheap: called per turn)."""
         out: dict[str, Any] = {
             "received": self.received,
             "handled": self.listener.handled,
@@ -769,6 +791,11 @@ class IntakeServer:
                 last = (at, error)
         out["last_error"] = last[1] if last else None
         out["last_error_at"] = last[0] if last else None
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """:meth:`counters`, plus the listener's own figures (port, RSS, CPU)."""
+        out = self.counters()
         if self.metrics_port is not None:
             out["metrics_port"] = self.metrics_port
         import psutil  # here, not at the top: a worker's import of mplog needs no psutil

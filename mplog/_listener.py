@@ -15,6 +15,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
@@ -70,43 +71,59 @@ class StatsBoard:
     still has them after the listener was killed (the pipeline's counters survive a
     restart: see ``Pipeline._absorb_dead_listener``).
 
-    Two slots, written in turn; a write ends by pointing ``current`` at its slot and
-    bumping ``writes``, so a reader never sees a half-written slot, even if the writer
-    was killed in the middle of one. Created by the parent (``ctx.RawArray``) and passed
-    to each listener it starts.
+    Two writers, each with its own region, so neither ever waits for the other: the
+    listener's main thread (right before it acknowledges records to a worker) and its
+    watchdog thread (on its tick). A snapshot carries the time its counters were read;
+    :meth:`read` returns the most recent one. Each region has two slots, written in turn;
+    a write ends by pointing ``current`` at its slot and bumping ``writes``, so a reader
+    never sees a half-written slot, even if the writer was killed in the middle of one.
+    Created by the parent (``ctx.RawArray``) and passed to each listener it starts.
     """
 
-    _N = len(BOARD_KEYS)
+    _N = len(BOARD_KEYS) + 1  # the counters, then the time they were read (ns)
+    _REGION = 2 + 2 * _N  # current slot, writes, slot 0, slot 1
+    WRITERS = 2
 
     def __init__(self, ctx: Any) -> None:
-        # [current slot, writes, slot 0 ..., slot 1 ...]
-        self._a = ctx.RawArray("q", 2 + 2 * self._N)
+        self._a = ctx.RawArray("q", self.WRITERS * self._REGION)
 
-    def publish(self, stats: dict[str, Any]) -> None:
-        """Writer side (the listener)."""
-        slot = 1 - self._a[0]
-        base = 2 + slot * self._N
+    def publish(self, stats: dict[str, Any], read_at: int, writer: int = 0) -> None:
+        """Writer side (the listener): *stats* as read at *read_at* (``monotonic_ns``),
+        by *writer* (0: the main thread, 1: the watchdog; one thread per writer)."""
+        a, r = self._a, writer * self._REGION
+        slot = 1 - a[r]
+        base = r + 2 + slot * self._N
         for i, key in enumerate(BOARD_KEYS):
             value = stats.get(key, 0)
-            self._a[base + i] = value if isinstance(value, int) else 0
-        self._a[0] = slot
-        self._a[1] += 1
+            a[base + i] = value if isinstance(value, int) else 0
+        a[base + self._N - 1] = read_at
+        a[r] = slot
+        a[r + 1] += 1
 
-    def read(self) -> dict[str, int] | None:
-        """Reader side (the parent): the latest complete snapshot, or None if none yet."""
+    def _read_region(self, writer: int) -> list[int] | None:
+        a, r = self._a, writer * self._REGION
         for _ in range(100):
-            writes = self._a[1]
+            writes = a[r + 1]
             if writes == 0:
                 return None
-            base = 2 + self._a[0] * self._N
-            values = self._a[base : base + self._N]
-            if self._a[1] == writes:
-                return dict(zip(BOARD_KEYS, values, strict=True))
-        return None  # a writer that never pauses for 100 tries: cannot happen at 50 Hz
+            base = r + 2 + a[r] * self._N
+            values = a[base : base + self._N]
+            if a[r + 1] == writes:
+                return list(values)
+        return None  # a writer that never pauses for 100 tries: cannot happen
+
+    def read(self) -> dict[str, int] | None:
+        """Reader side (the parent): the most recently read complete snapshot, or None."""
+        snaps = [v for w in range(self.WRITERS) if (v := self._read_region(w)) is not None]
+        if not snaps:
+            return None
+        latest = max(snaps, key=lambda v: v[-1])
+        return dict(zip(BOARD_KEYS, latest[:-1], strict=True))
 
     def clear(self) -> None:
-        """Forget the last snapshot (its listener's counters were folded in)."""
-        self._a[1] = 0
+        """Forget the last snapshots (their listener's counters were folded in)."""
+        for w in range(self.WRITERS):
+            self._a[w * self._REGION + 1] = 0
 
 
 def _set_pdeathsig(sig: int) -> None:
@@ -173,6 +190,15 @@ class _Watchdog:
             except BlockingIOError:
                 return  # a wake-up is already pending
 
+    def publish(self, writer: int = 1) -> dict[str, Any]:
+        """Put the counters on the board; returns what it put. *writer* 0 is the main
+        thread (before each acknowledgement), 1 this thread: each has its own region."""
+        assert self.cfg.board is not None and self.server is not None
+        read_at = time.monotonic_ns()
+        stats = self.server.counters()
+        self.cfg.board.publish(stats, read_at, writer)
+        return stats
+
     def run(self) -> None:
         cfg = self.cfg
         failed = False
@@ -195,10 +221,9 @@ class _Watchdog:
                 self.idle = False
             tick = WATCHDOG_TICK if busy else IDLE_TICK
             if not busy and now - published[2] < IDLE_PUBLISH:
-                continue  # idle: stats() is not free (it reads this process's RSS and CPU)
+                continue  # idle: nothing new to publish
             try:
-                stats = server.stats()
-                cfg.board.publish(stats)
+                stats = self.publish()
             except Exception as exc:  # keep watching the parent whatever happens here
                 if not failed:
                     sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
@@ -279,6 +304,8 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
 
     listener.handle_batch = handle_batch  # type: ignore[method-assign]
     watchdog.server = server  # it publishes the counters from now on
+    if cfg.board is not None:
+        server.before_ack = functools.partial(watchdog.publish, 0)
     try:
         listener.start()  # opens spools
     except ConfigError as exc:

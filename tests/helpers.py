@@ -81,6 +81,13 @@ class Receiver:
     def connections(self) -> int:
         return sum(1 for e in self.events() if e["event"] == "connect")
 
+    def count(self) -> int:
+        """Records received so far (cheap: counts lines, parses nothing)."""
+        if not self.out.exists():
+            return 0
+        with self.out.open("rb") as f:
+            return sum(1 for line in f if line.endswith(b'"event": "record"}\n'))
+
     def wait_records(self, n: int, timeout: float = 30.0, where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         def enough() -> list[dict[str, Any]] | None:
             recs = self.records()

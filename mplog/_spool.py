@@ -470,10 +470,12 @@ class Spool:
         if self._fd < 0 or not 0 < len(payload) <= MAX_RECORD:
             return False
         rec = encode_record(payload)
-        if self.disk_bytes + len(rec) > self.max_bytes:
-            return False
         current = self._current
-        if self._sizes[current] + len(rec) > self.segment_bytes and self._per_segment[current]:
+        rolls = self._sizes[current] + len(rec) > self.segment_bytes and self._per_segment[current]
+        # A new segment starts with its header: that counts against the bound too.
+        if self.disk_bytes + len(rec) + (len(HEADER) if rolls else 0) > self.max_bytes:
+            return False
+        if rolls:
             try:
                 self._new_segment()
             except OSError:

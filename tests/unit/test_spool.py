@@ -52,6 +52,19 @@ def test_max_bytes_refuses(tmp_path: pathlib.Path) -> None:
     s.close()
 
 
+def test_max_bytes_holds_when_a_segment_rolls_over(tmp_path: pathlib.Path) -> None:
+    # Each new segment starts with a header: it counts against the bound (it did not, and
+    # a full spool was found 12 bytes over spool_max_bytes).
+    for size in range(10, 60):
+        d = tmp_path / str(size)
+        s = Spool(str(d), 1000, segment_bytes=150)
+        while s.append(b"x" * size):
+            pass
+        on_disk = sum(f.stat().st_size for f in d.iterdir() if f.name.endswith(".seg"))
+        assert s.disk_bytes == on_disk <= 1000, (size, s.disk_bytes, on_disk)
+        s.close()
+
+
 def test_torn_and_flipped_survive_reopen(tmp_path: pathlib.Path) -> None:
     s = Spool(str(tmp_path), 10_000_000)
     for i in range(10):

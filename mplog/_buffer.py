@@ -108,6 +108,20 @@ class FrameBuffer:
         self.pushed += 1
         return True
 
+    def push_many(self, frames: list[bytes], now: float) -> None:
+        """:meth:`push` each of *frames*, in order; in one step when all of them fit."""
+        if type(self).push is FrameBuffer.push:
+            size = sum(map(len, frames))
+            if (len(self._frames) + len(frames) <= self.max_records
+                    and self._bytes + size <= self.max_bytes):
+                self._frames.extend(frames)
+                self._bytes += size
+                self.pushed += len(frames)
+                return
+        push = self.push
+        for f in frames:
+            push(f, now)
+
     def drop(self, now: float, n: int = 1) -> None:
         """Count *n* frames the caller gave up on (``block`` timeout, shutdown)."""
         self._count_drop(n, now)

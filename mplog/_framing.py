@@ -84,3 +84,29 @@ class FrameSplitter:
         if pos:
             del buf[:pos]
         return out
+
+    def feed_frames(self, data: bytes) -> list[bytes]:
+        """As :meth:`feed`, but each complete frame is returned whole, its length prefix
+        included (what a relay forwards as it is)."""
+        if not data:
+            return self.feed(data)
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        unpack = HEADER.unpack_from
+        limit = self._max
+        while end - pos >= 4:
+            (n,) = unpack(buf, pos)
+            if n > limit:
+                buf.clear()
+                raise RemoteProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
+            stop = pos + 4 + n
+            if stop > end:
+                break
+            out.append(bytes(buf[pos:stop]))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        return out

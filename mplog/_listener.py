@@ -303,6 +303,13 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         watchdog.activity()
 
     listener.handle_batch = handle_batch  # type: ignore[method-assign]
+    inner_relay = listener.relay_batch
+
+    def relay_batch(frames: list[bytes]) -> None:
+        inner_relay(frames)
+        watchdog.activity()
+
+    listener.relay_batch = relay_batch  # type: ignore[method-assign]
     watchdog.server = server  # it publishes the counters from now on
     if cfg.board is not None:
         server.before_ack = functools.partial(watchdog.publish, 0)

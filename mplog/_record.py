@@ -51,6 +51,8 @@ __all__ = [
     "decode_records",
     "encode",
     "encode_control",
+    "encode_pickle",
+    "pickle_levelno",
     "is_record",
     "make_record",
     "prepare_dict",
@@ -281,6 +283,117 @@ def encode(record: logging.LogRecord) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+# -- the stdlib wire's final frame, made in the worker (the listener relays it) -----------
+#
+# A listener whose only handler is one plain ``SocketHandler(wire="pickle")`` forwards the
+# frames its workers write without decoding them (``IntakeServer``'s relay mode). The frame
+# is what that listener would have built from the ``b"R"`` record: the same dict, pickled
+# with protocol 1 (what the stdlib ``SocketHandler`` writes), ``levelno`` first so that a
+# handler level can be checked at a fixed offset without decoding. Only data goes in:
+# every value is a plain str, int, float or None (the call-site fields pass through JSON
+# once, when their template is made), so the receiver's unpickler needs no class.
+
+#: Where a relayed frame's levelno opcode is: after the 4-byte length, ``}(`` (EMPTY_DICT,
+#: MARK) and the key ``X <u32 7> levelno``.
+PICKLE_LEVEL_AT = 4 + 2 + 12
+_PICKLE_KEY_LEVELNO = b"X\x07\x00\x00\x00levelno"
+_P_STR_HEAD = struct.Struct("<cI")
+_P_MSG_KEY = b"X\x03\x00\x00\x00msg"
+# The three times: BINFLOAT opcodes (big-endian doubles) under their keys, then SETITEMS
+# and STOP.
+_P_TIMES = struct.Struct(">12scd10scd20scd2s")
+_K_CREATED = b"X\x07\x00\x00\x00created"
+_K_MSECS = b"X\x05\x00\x00\x00msecs"
+_K_RELATIVE = b"X\x0f\x00\x00\x00relativeCreated"
+_pickle_heads: dict[tuple[Any, ...], bytes] = {}
+
+
+def _pickle_plain(d: dict[str, Any]) -> bytes:
+    """Protocol-1 pickle of a data-only dict, without memo opcodes (so that ``levelno``,
+    first, is at a fixed offset)."""
+    import io
+    import pickle
+
+    out = io.BytesIO()
+    p = pickle.Pickler(out, 1)
+    p.fast = True  # no memo: no PUT opcodes between a key and its value
+    p.dump(d)
+    return out.getvalue()
+
+
+def _pickle_head(fixed: tuple[Any, ...]) -> bytes:
+    """The constant start of the frames of one call site and thread: ``}(`` and the
+    items of the fixed fields (as JSON gives them back), ``levelno`` first."""
+    values = _decode_json(_to_json(fixed))  # raises for what JSON cannot hold: slow path
+    d: dict[str, Any] = {"levelno": values[1]}
+    d.update(zip(FIELDS[:12], values, strict=True))
+    d.update(exc_text=None, stack_info=None, taskName=None, args=None, exc_info=None)
+    whole = _pickle_plain(d)
+    if not (whole.startswith(b"}(" + _PICKLE_KEY_LEVELNO) and whole.endswith(b"u.")):
+        raise ValueError("unexpected pickle layout")  # not seen: then every record is slow
+    return whole[:-2]
+
+
+def encode_pickle(record: logging.LogRecord) -> bytes:
+    """One length-prefixed stdlib-wire frame for *record* (4-byte length, protocol-1
+    pickle of the dict the listener would send), or, for a record too large for the
+    intake, the ``b"R"`` frame of :func:`encode` (cut to fit). Never raises."""
+    d = record.__dict__
+    if (
+        len(d) == _BASE_LEN
+        and record.exc_info is None
+        and record.exc_text is None
+        and record.stack_info is None
+        and not isinstance(record.msg, dict)
+    ):
+        try:
+            msg = record.getMessage()
+        except Exception:
+            msg = _message(record)
+        key = _fixed(record)
+        try:
+            head = _pickle_heads.get(key)
+            if head is None:
+                if len(_pickle_heads) >= _CACHE_MAX:
+                    _pickle_heads.clear()
+                head = _pickle_heads[key] = _pickle_head(key)
+            mb = msg.encode("utf-8", "surrogatepass")
+            created, msecs, relative = _times(record)
+            tail = _P_TIMES.pack(_K_CREATED, b"G", created, _K_MSECS, b"G", msecs,
+                                 _K_RELATIVE, b"G", relative, b"u.")
+        except (TypeError, ValueError, RecursionError, OverflowError, struct.error):
+            return _encode_pickle_slow(record)
+        n = len(head) + 13 + len(mb) + _P_TIMES.size
+        if n > INTAKE_RECORD:
+            return encode(record)
+        return b"".join((HEADER.pack(n), head, _P_MSG_KEY, _P_STR_HEAD.pack(b"X", len(mb)), mb,
+                         tail))
+    return _encode_pickle_slow(record)
+
+
+def _encode_pickle_slow(record: logging.LogRecord) -> bytes:
+    # Any other record: exactly the dict the listener decodes from its b"R" frame.
+    frame = encode(record)
+    d = decode_record(frame[4:])
+    body = _pickle_plain({"levelno": d["levelno"], **d})
+    if len(body) > INTAKE_RECORD:
+        return frame  # cut to the intake's limit already: the listener cuts it further
+    return HEADER.pack(len(body)) + body
+
+
+def pickle_levelno(frame: bytes) -> int:
+    """The levelno of a frame made by :func:`encode_pickle` (read at its fixed offset)."""
+    op = frame[PICKLE_LEVEL_AT]
+    if op == 0x4B:  # BININT1
+        return frame[PICKLE_LEVEL_AT + 1]
+    if op == 0x4D:  # BININT2
+        return int.from_bytes(frame[PICKLE_LEVEL_AT + 1 : PICKLE_LEVEL_AT + 3], "little")
+    if op == 0x4A:  # BININT
+        return int.from_bytes(frame[PICKLE_LEVEL_AT + 1 : PICKLE_LEVEL_AT + 5], "little",
+                              signed=True)
+    return 0  # a levelno JSON made odd (a huge int): let it through, as a NOTSET level would
+
+
 def _cut_to_intake(record: logging.LogRecord, msg: str, times: bytes) -> bytes:
     """The body of a record too large for the intake, cut by :func:`mplog._limits.fit`
     at this, the first hop (the worker), so no later hop ever sees it whole."""
@@ -398,6 +511,7 @@ _CONTROL_FIELDS: dict[str, dict[str, str]] = {
     "flush": {"timeout": "timeout"},
     "stop": {"timeout": "timeout"},
     "lost": {"count": "count", "first": "time", "last": "time", "pid": "count"},
+    "hello": {},  # a worker's first frame: the listener greets it (intake format)
 }
 
 

@@ -253,10 +253,7 @@ class Sender:
                 for f in frames:
                     self._submit_locked(f)
                 return
-            now = time.time()
-            push = self.buffer.push
-            for f in frames:
-                push(f, now)
+            self.buffer.push_many(frames, time.time())
             self._cond.notify_all()
             self._wake()
 

@@ -30,7 +30,14 @@ from ._framing import HEADER
 from ._intake import IntakeClient
 from ._limits import PICKLE_FRAME, fit
 from ._options import check_socket_options, load_key
-from ._record import STANDARD_ATTRS, encode, make_record, prepare_dict
+from ._record import (
+    STANDARD_ATTRS,
+    encode,
+    encode_pickle,
+    make_record,
+    pickle_levelno,
+    prepare_dict,
+)
 from ._sender import Sender, drop_record
 from ._spool import SpooledBuffer
 from ._text import safe_repr
@@ -83,6 +90,8 @@ class QueueHandler(logging.handlers.QueueHandler):
     queue: IntakeClient  # type: ignore[assignment]
     #: True when ``prepare`` and ``enqueue`` are this class's own (see __init_subclass__).
     _plain = True
+    #: ... and ``emit`` too: ``handle`` then encodes and sends in one step.
+    _lean = True
 
     def __init__(self, *args: Any, address: str | None = None, level: int = logging.NOTSET) -> None:
         """``QueueHandler(address=None, level=NOTSET)``, positional or by keyword.
@@ -127,7 +136,8 @@ class QueueHandler(logging.handlers.QueueHandler):
         neither hook, the same in one step (the encoder reads *record* without copying)."""
         try:
             if type(self)._plain:
-                self.queue.send(encode(record))
+                q = self.queue
+                q.send(encode_pickle(record) if q.relay else encode(record))
             else:
                 self.enqueue(self.prepare(record))
         except Exception:
@@ -138,9 +148,18 @@ class QueueHandler(logging.handlers.QueueHandler):
         # Decided once per class, not per record: the fast path is only for classes that
         # keep both hooks of the stdlib chain as they are here.
         cls._plain = cls.prepare is QueueHandler.prepare and cls.enqueue is QueueHandler.enqueue
+        cls._lean = cls._plain and cls.emit is QueueHandler.emit
 
     def handle(self, record: logging.LogRecord) -> Any:
         # No handler lock: the intake connection has its own, held only for the write.
+        if not self.filters and type(self)._lean:
+            # The common shape, in one call: no filter, no overridden emit or hooks.
+            try:
+                q = self.queue
+                q.send(encode_pickle(record) if q.relay else encode(record))
+            except Exception:
+                self.handleError(record)
+            return record
         return _handle_unlocked(self, record)
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -192,6 +211,15 @@ class QueueListener(logging.handlers.QueueListener):
             if not respect or record.levelno >= handler.level:
                 handler.handle(record)
         self.handled += 1
+
+    def relay_batch(self, frames: list[bytes]) -> None:
+        """Relay mode (the intake chose it: the one handler is a plain
+        :class:`SocketHandler` on the stdlib wire): pass stdlib-wire *frames*, made by the
+        workers' :func:`~mplog._record.encode_pickle`, to that handler as they are."""
+        h = self.handlers[0]
+        assert isinstance(h, SocketHandler)
+        h._relay(frames, self.respect_handler_level)
+        self.handled += len(frames)
 
     def handle_batch(self, batch: list[dict[str, Any]]) -> None:
         """Handle records given as ``__dict__``s (what the intake decodes), in order.
@@ -481,6 +509,17 @@ class SocketHandler(logging.handlers.SocketHandler):
                         frames.append(frame)
             self._sender.submit_many(frames)
 
+    def _relay(self, frames: list[bytes], respect_level: bool) -> None:
+        # Frames a worker made for this wire (levelno at a fixed offset); each fits: the
+        # intake's limit is below the wire's (mplog._limits).
+        if not self._sender.started:
+            self.start()
+        if respect_level and self.level > logging.NOTSET:
+            level = self.level
+            frames = [f for f in frames if pickle_levelno(f) >= level]
+        with self._order:
+            self._sender.submit_many(frames)
+
     def makePickle(self, record: logging.LogRecord) -> bytes:
         """The bytes of one frame for *record* on this handler's wire (for the default
         wire, the stdlib format), without modifying *record*. Overriding it (the stdlib
@@ -559,22 +598,30 @@ class SocketHandler(logging.handlers.SocketHandler):
         with self._sender._cond:
             return self._sender.buffer.removed >= mark
 
-    def stats(self) -> dict[str, int]:
+    def stats(self, locked: bool = True) -> dict[str, int]:
+        """The sender's counters. *locked* False reads them without taking the sender's
+        lock (the listener's per-turn publish must never wait for the sender thread);
+        each value is then read atomically, the set of them a few microseconds apart."""
+        if not locked:
+            return self._stats()
+        with self._sender._cond:
+            return self._stats()
+
+    def _stats(self) -> dict[str, int]:
         s = self._sender
-        with s._cond:
-            return {
-                "sent": s.sent,
-                "buffered": len(s.buffer),
-                "buffered_bytes": s.buffer.nbytes,
-                "dropped": s.buffer.dropped,
-                "reconnects": s.reconnects,
-                "connected": int(s.connected),
-                "drop_reports": s.reports_sent,
-                "too_large": self.too_large,
-                "sender_restarts": s.thread_restarts,
-                "poisoned": s.poisoned,
-                **s.buffer.spool_stats(),
-            }
+        return {
+            "sent": s.sent,
+            "buffered": len(s.buffer),
+            "buffered_bytes": s.buffer.nbytes,
+            "dropped": s.buffer.dropped,
+            "reconnects": s.reconnects,
+            "connected": int(s.connected),
+            "drop_reports": s.reports_sent,
+            "too_large": self.too_large,
+            "sender_restarts": s.thread_restarts,
+            "poisoned": s.poisoned,
+            **s.buffer.spool_stats(),
+        }
 
     def last_error(self) -> tuple[str | None, float | None]:
         """The latest delivery error (one line) and its wall-clock time, or (None, None)."""

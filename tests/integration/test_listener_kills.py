@@ -69,7 +69,7 @@ def test_listener_sigkilled_5_times_under_load_with_a_spool_loses_nothing(tmp_pa
                 got[r["k"]].add(r["i"])
                 lines += 1
         missing = {k: (len(m), m[:3], m[-3:]) for k, s in got.items() if (m := sorted(set(range(PER_WORKER)) - s))}
-        assert not missing, f"lost records (first few per worker): {missing}"
+        assert not missing, f"lost records (first few per worker): {missing}; stats {p.stats()}"
         # At-least-once: what a listener handled (spooled) in its last read of a worker's
         # connection, killed before it acknowledged that read, is written again by the
         # worker: at most one read (256 KiB, ~1,000 of these records) per connection per kill.

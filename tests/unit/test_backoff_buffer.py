@@ -114,3 +114,20 @@ def test_pushed_and_removed_marks() -> None:
     b.pin_more(100, 10)
     b.ack(1)
     assert b.removed == 5 == b.pushed
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest"])
+def test_push_many_is_push_in_order(overflow: str) -> None:
+    # The one-step path (everything fits) and the per-frame path (it does not) give the
+    # buffer and the counters exactly what push() one by one gives.
+    for batch in ([b"a" * 10] * 3, [b"b" * 10] * 8, [b"c" * 200], [b"d" * 5] * 20):
+        one, many = FrameBuffer(10, 100, overflow), FrameBuffer(10, 100, overflow)
+        for b in (one, many):
+            b.push(b"x" * 30, 0.0)
+        for f in batch:
+            one.push(f, 1.0)
+        many.push_many(batch, 1.0)
+        assert list(one._frames) == list(many._frames)
+        assert (one.nbytes, one.dropped, one.pushed, len(one)) == (
+            many.nbytes, many.dropped, many.pushed, len(many))
+        assert len(many) <= 10 and many.nbytes <= 100

@@ -1,0 +1,271 @@
+"""Relay mode (issue 12): when the listener's one handler is a plain stdlib-wire
+``SocketHandler``, workers write that wire's final frames and the listener forwards them
+without decoding. What a receiver gets must not change, nor must levels, limits, the
+data-only rule of a decoding listener, or the bound on a worker's wait."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import mplog
+from mplog._intake import HELLO, IntakeClient
+from mplog._record import encode_pickle
+from tests.helpers import Receiver, wait_until
+
+BIG = 2 * 1024 * 1024
+
+
+class _Odd:
+    def __str__(self) -> str:
+        return "odd message object"
+
+    def __repr__(self) -> str:
+        return "<odd>"
+
+
+def _records() -> list[logging.LogRecord]:
+    """Record shapes a program logs: each takes another path through the encoders."""
+    mk = logging.LogRecord
+    recs = [
+        mk("relay.t", logging.INFO, "/a/b.py", 10, "request %d handled in %.3f ms", (7, 1.5), None),
+        mk("relay.t", logging.WARNING, "/a/b.py", 11, "héllo \ud800 wörld ✓", None, None),
+        mk("relay.t", 300, "/a/b.py", 12, "custom level %s", ("x",), None),
+        mk("relay.t", 70000, "/a/b.py", 13, "huge level", None, None),
+        mk("relay.t", logging.INFO, "/a/b.py", 14, _Odd(), None, None),  # type: ignore[arg-type]
+        mk("relay.t", logging.INFO, "/a/b.py", 15, {"event": "dict msg", "user": 3}, None, None),  # type: ignore[arg-type]
+        mk("relay.t", logging.INFO, "/a/b.py", 16, "HEAD" + "x" * BIG + "TAIL", None, None),
+    ]
+    extra = mk("relay.t", logging.INFO, "/a/b.py", 17, "with extras", None, None)
+    extra.__dict__.update(user="ann", n=[1, 2, {"a": None}], obj=_Odd())
+    recs.append(extra)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc = mk("relay.t", logging.ERROR, "/a/b.py", 18, "failed", None, sys.exc_info())
+    recs.append(exc)
+    recs.append(mk("relay.t", logging.INFO, "/a/b.py", 19, "stack", None, None, sinfo="Stack (most recent call last):\n  here"))
+    return recs
+
+
+def _through(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, relay: bool,
+             recs: list[logging.LogRecord]) -> tuple[list[dict[str, Any]], bool]:
+    monkeypatch.setenv("MPLOG_RELAY", "1" if relay else "0")
+    tmp_path.mkdir()
+    rcv = Receiver(tmp_path)
+    p = mplog.start([mplog.SocketHandler("127.0.0.1", rcv.port)], install=False)
+    try:
+        qh = mplog.QueueHandler(p.address)
+        qh.handle(logging.LogRecord("relay.warm", 20, "", 0, "warm-up", None, None))
+        assert p.flush(10)  # the greeting has been read: the mode is known from here on
+        mode = qh.queue.relay
+        for r in recs:
+            qh.handle(r)
+        assert p.flush(30)
+        got = rcv.wait_records(len(recs), 30, where=lambda d: d["name"] == "relay.t")
+        qh.close()
+    finally:
+        p.stop()
+        rcv.stop()
+    return got, mode
+
+
+def test_a_relaying_listener_delivers_exactly_what_a_decoding_one_does(tmp_path, monkeypatch) -> None:
+    recs = _records()
+    relayed, on = _through(tmp_path / "r", monkeypatch, True, recs)
+    decoded, off = _through(tmp_path / "d", monkeypatch, False, recs)
+    assert on and not off  # the listener chose the mode, and the worker followed it
+    assert len(relayed) == len(decoded) == len(recs)
+    for a, b in zip(relayed, decoded, strict=True):
+        assert a == b, {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    big = relayed[6]["msg"]
+    assert big.startswith("HEAD") and big.endswith("TAIL") and "characters cut]" in big
+    assert relayed[1]["msg"] == "héllo \ud800 wörld ✓"
+    assert "ValueError: boom" in relayed[8]["exc_text"]
+
+
+def test_a_relay_respects_the_handler_level_and_counts_what_it_handled(receiver, start_pipeline) -> None:
+    h = mplog.SocketHandler("127.0.0.1", receiver.port)
+    h.setLevel(logging.WARNING)
+    p = start_pipeline([h])
+    log = logging.getLogger("relay.level")
+    log.setLevel(logging.DEBUG)
+    for i in range(300):
+        log.log((logging.INFO, logging.WARNING, 300)[i % 3], "r %d", i)
+    assert p.flush(30)
+    got = receiver.wait_records(200, 30, where=lambda d: d["name"] == "relay.level")
+    assert sorted(int(d["msg"].split()[1]) for d in got) == [i for i in range(300) if i % 3]
+    st = p.stats()
+    assert st["handled"] >= 300 and st["sent"] == len(receiver.records())
+    assert logging.getLogger().handlers[-1].queue.relay  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("shape", ["two handlers", "a filter", "another wire"])
+def test_no_relay_when_a_handler_needs_the_record(receiver, start_pipeline, tmp_path, shape) -> None:
+    h = mplog.SocketHandler("127.0.0.1", receiver.port)
+    handlers: list[logging.Handler] = [h]
+    if shape == "two handlers":
+        handlers.append(logging.FileHandler(tmp_path / "also.log", delay=True))
+    elif shape == "a filter":
+        h.addFilter(lambda r: r.getMessage() != "skip")
+    else:
+        h = mplog.SocketHandler("127.0.0.1", receiver.port, wire="jsonl")
+        handlers = [h]
+    p = start_pipeline(handlers)
+    log = logging.getLogger("relay.shape")
+    for m in ("one", "skip", "two"):
+        log.warning(m)
+    assert p.flush(10)
+    assert not logging.getLogger().handlers[-1].queue.relay  # type: ignore[attr-defined]
+    if shape != "another wire":
+        got = receiver.wait_records(2, 10, where=lambda d: d["name"] == "relay.shape")
+        msgs = [d["msg"] for d in got]
+        assert msgs == (["one", "two"] if shape == "a filter" else ["one", "skip", "two"])
+
+
+class _Evil:
+    def __reduce__(self) -> Any:
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_decoding_listener_takes_stdlib_frames_the_data_only_way(receiver, start_pipeline, tmp_path) -> None:
+    # A worker's frames written to a relaying listener and resent to one that decodes:
+    # they arrive. A frame that names a callable closes that connection, runs nothing.
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port),
+                        logging.FileHandler(tmp_path / "also.log", delay=True)])
+    frame = encode_pickle(logging.LogRecord("relay.resent", 20, "/x.py", 1, "resent %d", (1,), None))
+    evil = pickle.dumps({"levelno": 20, "x": _Evil()}, 1)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(p.address)
+        s.sendall(HELLO + frame)
+        receiver.wait_records(1, 10, where=lambda d: d["name"] == "relay.resent")
+        s.sendall(struct.pack(">L", len(evil)) + evil)
+        s.settimeout(10)
+        data = b""
+        while chunk := s.recv(4096):  # the listener closes this connection
+            data += chunk
+    assert data.startswith(b"mplogI\x01R")  # greeted: "send compact records"
+    st = wait_until(lambda: (s := p.stats())["bad_frames"] == 1 and s, 10, "the bad frame counted")
+    assert st["received"] >= 1
+    assert "resent 1" in (tmp_path / "also.log").read_text()
+
+
+def test_a_worker_never_waits_past_its_bound_on_a_listener_that_stopped_reading(tmp_path, capfd) -> None:
+    # A listener alive but stuck (accepts, never reads): a log call gives up after the
+    # send timeout (kept by the kernel, SO_SNDTIMEO), retries within the outage budget,
+    # then writes the record to stderr and counts it. Nothing blocks for ever.
+    path = str(tmp_path / "stuck.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except TimeoutError:
+                continue
+
+    t = threading.Thread(target=accept)
+    t.start()
+    try:
+        client = IntakeClient(path, outage_budget=0.5, send_timeout=0.3)
+        frame = encode_pickle(logging.LogRecord("stuck", 20, "", 0, "x" * 4000, None, None))
+        worst = 0.0
+        began = time.monotonic()
+        sent = 0
+        while client.lost_total == 0:
+            t0 = time.monotonic()
+            client.send(frame)
+            worst = max(worst, time.monotonic() - t0)
+            sent += 1
+            assert time.monotonic() - began < 60, "no record was ever given up"
+        assert sent > 10  # the socket buffers took records first
+        # One call: the send timeout, then reconnect attempts (each bounded by it) until
+        # the outage budget is spent.
+        assert worst < 0.3 + 0.5 + 2 * 0.3 + 0.5, worst
+        client.close()
+    finally:
+        stop.set()
+        t.join(5)
+        for c in held:
+            c.close()
+        srv.close()
+    assert "record not delivered: INFO stuck" in capfd.readouterr().err
+
+
+def test_a_listener_slower_to_come_back_than_the_budget_costs_no_record(tmp_path, capfd) -> None:
+    # A restart on a loaded machine can take longer than the 2 s outage budget. While the
+    # socket file is there, records after the budget wait in the worker's memory (no more
+    # blocking) and are written first on the next connection; none goes to stderr.
+    from mplog._framing import FrameSplitter
+    from mplog._intake import GREETING, MODE_RECORD
+    from mplog._record import decode_record, encode
+
+    path = str(tmp_path / "intake.sock")
+    first = socket.socket(socket.AF_UNIX)
+    first.bind(path)
+    first.listen(8)
+    client = IntakeClient(path, outage_budget=0.2)
+
+    def rec(i: int) -> bytes:
+        return encode(logging.LogRecord("slow", 20, "", 0, "r %d", (i,), None))
+
+    assert client.send(rec(0))  # connects (the backlog takes it), then writes
+    conn, _ = first.accept()
+    conn.close()
+    first.close()  # the listener died; its socket file stays (as a SIGKILLed one's does)
+    worst_after_budget = 0.0
+    began = time.monotonic()
+    for i in range(1, 201):
+        t0 = time.monotonic()
+        assert client.send(rec(i))  # True: held, not written to stderr
+        if t0 - began > 0.3:
+            worst_after_budget = max(worst_after_budget, time.monotonic() - t0)
+        if i % 20 == 0:
+            time.sleep(0.01)  # an application doing other things; the restart takes ~1 s
+    assert time.monotonic() - began > 0.3
+    assert worst_after_budget < 0.1, worst_after_budget  # past the budget: no blocking
+    assert client.lost_total == 0
+
+    os.unlink(path)  # the new listener replaces the socket file
+    second = socket.socket(socket.AF_UNIX)
+    second.bind(path)
+    second.listen(8)
+    got: list[str] = []
+
+    def serve() -> None:
+        c, _ = second.accept()
+        c.sendall(GREETING + MODE_RECORD)
+        split = FrameSplitter()
+        c.settimeout(10)
+        while len(got) < 201:
+            data = c.recv(65536)
+            if not data:
+                break
+            for body in split.feed(data):
+                if body[:1] == b"R":
+                    got.append(decode_record(body)["msg"])
+        c.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    assert client.send(rec(201))  # connects, writes the held records first, then this one
+    t.join(20)
+    second.close()
+    client.close()
+    # Record 0 may come again (the dead listener never acknowledged it): at least once.
+    assert got[-201:] == [f"r {i}" for i in range(1, 202)], got[:5]
+    assert "record not delivered" not in capfd.readouterr().err

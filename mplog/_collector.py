@@ -243,8 +243,11 @@ def _json_line(rec: Mapping[str, Any]) -> str:
 # says when that holds; every other record takes the slow path, which also gives today's
 # refusal for a body that is not one JSON object.
 
-#: Keys the slow path drops (_DROP) or overrides: a body with one of them is rewritten.
-_FAST_REFUSED_KEYS = frozenset((*_DROP, "mplog_sender", "mplog_seq"))
+#: Keys the collector sets: a body with one of them is rewritten by the slow path.
+_FAST_REFUSED_KEYS = frozenset(("mplog_sender", "mplog_seq"))
+#: The keys _clean drops, as they start a member in compact JSON (after a comma), and
+#: as a JSON string (to count them).
+_DROP_MEMBERS = tuple((k, f',"{k}":'.encode(), f'"{k}"'.encode()) for k in _DROP)
 #: Longest body passed through: every JSON value takes at least 2 bytes (itself and a
 #: separator), so such a body has fewer than jsonable's MAX_NODES values, and fewer
 #: characters than its 2 MiB (it is ASCII: one byte per character at most).
@@ -260,6 +263,8 @@ def _no_constant(name: str) -> Any:
 
 
 _strict_decoder = json.JSONDecoder(parse_constant=_no_constant)
+#: A str as the stdlib's default (ensure_ascii) encoder writes it, quotes included.
+_encode_str_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def _strict_loads_stdlib(body: bytes) -> Any:
@@ -279,26 +284,68 @@ _strict_loads: Callable[[bytes], Any] = (
 )
 
 
-def _passthrough(body: bytes) -> bool:
-    """True if *body* (an mplog-wire record body) may be written as it is, with the
-    sender and seq spliced in: it is one JSON object on one line, ASCII (what the slow
-    path's ensure_ascii output is), not empty, and nothing in it is rewritten by the slow
-    path (a key _clean drops or the collector sets, a non-str ``msg``, nesting past
-    MAX_DEPTH, more than MAX_NODES values, a non-finite float). The cheap byte checks go
-    first; then one validating parse."""
+def _passthrough(body: bytes) -> bytes | None:
+    """The bytes to write for *body* (an mplog-wire record body), without its final
+    ``}``, for the sender and seq to be spliced in; or None: take the slow path.
+
+    Bytes are written when that gives the record the slow path writes: *body* is one
+    JSON object on one line, ASCII (what the slow path's ensure_ascii output is), not
+    empty, and nothing in it is rewritten by the slow path (a key the collector sets, a
+    non-str ``msg``, nesting past MAX_DEPTH, more than MAX_NODES values, a non-finite
+    float). The keys _clean drops (``args``, ``exc_info``, ``message``: every sender
+    sends the first two, as null) are cut out of the bytes when that is sure to be
+    exact (see :func:`_cut_members`). The cheap byte checks go first; then one
+    validating parse."""
     if not (
         body[:1] == b"{" and body[-1:] == b"}" and len(body) <= _FAST_MAX_BYTES
         and body.isascii() and b"\n" not in body and b"\r" not in body
-        # Nesting can be at most the number of brackets: the record is level 1.
-        and body.count(b"{") + body.count(b"[") <= MAX_DEPTH
     ):
-        return False
+        return None
+    # Nesting can be at most the number of brackets: the record itself is level 1.
+    brackets = body.count(b"{") + body.count(b"[")
+    if brackets > MAX_DEPTH:
+        return None
     try:
         rec = _strict_loads(body)
     except ValueError:
-        return False
-    return (type(rec) is dict and len(rec) > 0 and rec.keys().isdisjoint(_FAST_REFUSED_KEYS)
-            and type(rec.get("msg", "")) is str)
+        return None
+    if not (type(rec) is dict and rec and rec.keys().isdisjoint(_FAST_REFUSED_KEYS)
+            and type(rec.get("msg", "")) is str):
+        return None
+    if "args" in rec or "exc_info" in rec or "message" in rec:
+        return _cut_members(body, rec) if brackets == 1 else None
+    return body[:-1]
+
+
+def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
+    """*body* without its final ``}`` and without the members of the keys _clean drops,
+    or None if that cannot be done exactly. *body* is one valid JSON object with no
+    container inside it (so every member is its own) and *rec* is what it parses to.
+
+    A member ``,"KEY":VALUE`` is cut when its value is null or a string, written as
+    the stdlib's compact ASCII encoder writes it, and ``"KEY"`` occurs once in *body*
+    (a key twice is refused: the slow path keeps only one). Such bytes can only be that
+    member: their first quote follows a comma, so it is no escaped quote inside a string;
+    a string it closed could not be followed by a letter in valid JSON; so it opens the
+    string ``"KEY"``, which a colon makes a key, and the value's bytes end where the
+    value ends. Cutting it leaves valid JSON (what follows is a comma or the brace)."""
+    for key, member, quoted in _DROP_MEMBERS:
+        if key not in rec:
+            continue
+        value = rec[key]
+        if value is None:
+            cut = member + b"null"
+        elif type(value) is str:
+            cut = member + _encode_str_ascii(value).encode("ascii")
+        else:
+            return None
+        if body.count(quoted) != 1:
+            return None
+        i = body.find(cut)
+        if i < 0:
+            return None
+        body = body[:i] + body[i + len(cut) :]
+    return body[:-1]
 
 
 class _Dedup:
@@ -1253,9 +1300,9 @@ class Collector:
             advance: dict[int, int] = {}
             duplicates = 0
             for seq, body in zip(seqs, batch.bodies, strict=True):
-                fast = passthrough(body)
+                head = passthrough(body)
                 # Refused as _mplog refuses it (the wire's words), duplicates included.
-                rec = None if fast else record_object(body)
+                rec = None if head is not None else record_object(body)
                 epoch = seq >> EPOCH_SHIFT
                 # Seqs increase along a connection: the marks from before this read
                 # are enough to tell a duplicate.
@@ -1263,9 +1310,10 @@ class Collector:
                     duplicates += 1
                     continue
                 advance[epoch] = seq
-                if rec is None:
-                    lines.append(b"%b%b%d}\n" % (body[:-1], splice, seq))
+                if head is not None:
+                    lines.append(b"%b%b%d}\n" % (head, splice, seq))
                 else:
+                    assert rec is not None
                     row = self._row(rec)
                     row["mplog_sender"] = sender
                     row["mplog_seq"] = seq

@@ -245,9 +245,10 @@ def _json_line(rec: Mapping[str, Any]) -> str:
 
 #: Keys the collector sets: a body with one of them is rewritten by the slow path.
 _FAST_REFUSED_KEYS = frozenset(("mplog_sender", "mplog_seq"))
-#: The keys _clean drops, as they start a member in compact JSON (after a comma), and
-#: as a JSON string (to count them).
-_DROP_MEMBERS = tuple((k, f',"{k}":'.encode(), f'"{k}"'.encode()) for k in _DROP)
+#: The keys _clean drops: (key, its member in compact JSON after a comma, the same with
+#: a null value, the key as a JSON string).
+_DROP_MEMBERS = tuple((k, f',"{k}":'.encode(), f',"{k}":null'.encode(), f'"{k}"'.encode())
+                      for k in _DROP)
 #: Longest body passed through: every JSON value takes at least 2 bytes (itself and a
 #: separator), so such a body has fewer than jsonable's MAX_NODES values, and fewer
 #: characters than its 2 MiB (it is ASCII: one byte per character at most).
@@ -297,13 +298,13 @@ def _passthrough(body: bytes) -> bytes | None:
     exact (see :func:`_cut_members`). The cheap byte checks go first; then one
     validating parse."""
     if not (
-        body[:1] == b"{" and body[-1:] == b"}" and len(body) <= _FAST_MAX_BYTES
+        body.startswith(b"{") and body.endswith(b"}") and len(body) <= _FAST_MAX_BYTES
         and body.isascii() and b"\n" not in body and b"\r" not in body
     ):
         return None
     # Nesting can be at most the number of brackets: the record itself is level 1.
-    brackets = body.count(b"{") + body.count(b"[")
-    if brackets > MAX_DEPTH:
+    flat = b"[" not in body and body.find(b"{", 1) < 0
+    if not flat and body.count(b"{") + body.count(b"[") > MAX_DEPTH:
         return None
     try:
         rec = _strict_loads(body)
@@ -313,7 +314,7 @@ def _passthrough(body: bytes) -> bytes | None:
             and type(rec.get("msg", "")) is str):
         return None
     if "args" in rec or "exc_info" in rec or "message" in rec:
-        return _cut_members(body, rec) if brackets == 1 else None
+        return _cut_members(body, rec) if flat else None
     return body[:-1]
 
 
@@ -322,29 +323,25 @@ def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
     or None if that cannot be done exactly. *body* is one valid JSON object with no
     container inside it (so every member is its own) and *rec* is what it parses to.
 
-    A member ``,"KEY":VALUE`` is cut when its value is null or a string, written as
-    the stdlib's compact ASCII encoder writes it, and ``"KEY"`` occurs once in *body*
-    (a key twice is refused: the slow path keeps only one). Such bytes can only be that
-    member: their first quote follows a comma, so it is no escaped quote inside a string;
-    a string it closed could not be followed by a letter in valid JSON; so it opens the
-    string ``"KEY"``, which a colon makes a key, and the value's bytes end where the
-    value ends. Cutting it leaves valid JSON (what follows is a comma or the brace)."""
-    for key, member, quoted in _DROP_MEMBERS:
-        if key not in rec:
-            continue
-        value = rec[key]
-        if value is None:
-            cut = member + b"null"
-        elif type(value) is str:
-            cut = member + _encode_str_ascii(value).encode("ascii")
-        else:
-            return None
-        if body.count(quoted) != 1:
-            return None
-        i = body.find(cut)
-        if i < 0:
-            return None
-        body = body[:i] + body[i + len(cut) :]
+    Every ``,"KEY":VALUE`` is cut, VALUE being the key's value (null or a string) as the
+    stdlib's compact ASCII encoder writes it; then ``"KEY"`` must occur nowhere (else:
+    written otherwise, the first member, or twice with another value). Such bytes can
+    only be that member: their first quote follows a comma, so it is no escaped quote
+    inside a string; a string it closed could not be followed by a letter in valid JSON;
+    so it opens the string ``"KEY"``, which a colon makes a key, and the value's bytes
+    end where the value ends. Cutting it leaves valid JSON whose other members are as
+    they were (what follows it is a comma or the brace)."""
+    for key, member, null, quoted in _DROP_MEMBERS:
+        if key in rec:
+            value = rec[key]
+            if value is None:
+                body = body.replace(null, b"")
+            elif type(value) is str:
+                body = body.replace(member + _encode_str_ascii(value).encode("ascii"), b"")
+            else:
+                return None
+            if quoted in body:
+                return None
     return body[:-1]
 
 
@@ -892,6 +889,11 @@ class Collector:
             sock.close()
             return
         sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Acks are small writes: without this, Nagle holds each one until the
+            # client's delayed ACK of the previous one (up to 40 ms), and a sender that
+            # waits on its window idles the whole time.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls is not None:
             # No handshake here: it needs the client's bytes, and the loop must not wait
             # for one client. _read() drives it as data arrives, within a deadline.

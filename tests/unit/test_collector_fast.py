@@ -71,8 +71,10 @@ CORPUS: list[tuple[bytes, bool | None]] = [
     (_enc({**_BASE, "args": None, "note": '"args"'}), True),  # escaped quotes: not a key
     (_enc({**_BASE, "args": None, "note": ',"args":null'}), True),
     (_enc({**_BASE, "args": None, "note": '"args'}), False),  # bytes '"args"' twice
-    (b'{"msg":"a","args":null,"args":null}', False),  # a key twice
-    (b'{"msg":"a","args":"x","args":null}', False),
+    (b'{"msg":"a","args":null,"args":null}', True),  # a key twice: both cut
+    (b'{"msg":"a","args":"x","args":null}', False),  # twice, another value: one left
+    (b'{"msg":"a","args":null,"args":"x"}', False),
+    (b'{"msg":"a","message":"x","message":"y"}', False),
     (b'{"msg":"a","args" : null}', False),  # not compact: not found, slow path
     (b'{"msg":"a","message":"\\u0041"}', False),  # not the stdlib's escaping
     (b'{"msg":"a","exc_info":null}', True),

@@ -323,26 +323,43 @@ def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
     or None if that cannot be done exactly. *body* is one valid JSON object with no
     container inside it (so every member is its own) and *rec* is what it parses to.
 
-    Every ``,"KEY":VALUE`` is cut, VALUE being the key's value (null or a string) as the
-    stdlib's compact ASCII encoder writes it; then ``"KEY"`` must occur nowhere (else:
-    written otherwise, the first member, or twice with another value). Such bytes can
+    A member ``,"KEY":VALUE`` is cut when VALUE is the key's value (null or a string) as
+    the stdlib's compact ASCII encoder writes it, and ``"KEY"`` occurs nowhere else in
+    *body* (else: written otherwise, the first member, or the key twice). Such bytes can
     only be that member: their first quote follows a comma, so it is no escaped quote
     inside a string; a string it closed could not be followed by a letter in valid JSON;
     so it opens the string ``"KEY"``, which a colon makes a key, and the value's bytes
     end where the value ends. Cutting it leaves valid JSON whose other members are as
     they were (what follows it is a comma or the brace)."""
+    spans: list[tuple[int, int]] = []
+    first = len(body)
+    size = 0
     for key, member, null, quoted in _DROP_MEMBERS:
         if key in rec:
             value = rec[key]
             if value is None:
-                body = body.replace(null, b"")
+                cut = null
             elif type(value) is str:
-                body = body.replace(member + _encode_str_ascii(value).encode("ascii"), b"")
+                cut = member + _encode_str_ascii(value).encode("ascii")
             else:
                 return None
-            if quoted in body:
+            at = body.find(quoted) - 1  # the first "KEY" must start the member
+            end = at + len(cut)
+            if at < 0 or not body.startswith(cut, at) or body.find(quoted, end) >= 0:
                 return None
-    return body[:-1]
+            spans.append((at, end))
+            first = min(first, at)
+            size += end - at
+    if size == len(body) - 1 - first:
+        return body[:first]  # the members fill the end (disjoint spans): one slice
+    spans.sort()
+    pieces = []
+    start = 0
+    for at, end in spans:
+        pieces.append(body[start:at])
+        start = end
+    pieces.append(body[start:-1])
+    return b"".join(pieces)
 
 
 class _Dedup:

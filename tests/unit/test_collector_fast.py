@@ -71,7 +71,7 @@ CORPUS: list[tuple[bytes, bool | None]] = [
     (_enc({**_BASE, "args": None, "note": '"args"'}), True),  # escaped quotes: not a key
     (_enc({**_BASE, "args": None, "note": ',"args":null'}), True),
     (_enc({**_BASE, "args": None, "note": '"args'}), False),  # bytes '"args"' twice
-    (b'{"msg":"a","args":null,"args":null}', True),  # a key twice: both cut
+    (b'{"msg":"a","args":null,"args":null}', None),  # a key twice, the same value
     (b'{"msg":"a","args":"x","args":null}', False),  # twice, another value: one left
     (b'{"msg":"a","args":null,"args":"x"}', False),
     (b'{"msg":"a","message":"x","message":"y"}', False),
@@ -79,6 +79,8 @@ CORPUS: list[tuple[bytes, bool | None]] = [
     (b'{"msg":"a","message":"\\u0041"}', False),  # not the stdlib's escaping
     (b'{"msg":"a","exc_info":null}', True),
     (b'{"msg":"a","exc_info":null,"b":2}', True),
+    (b'{"msg":"a","exc_info":null,"b":2,"args":null}', True),  # apart: cut piece by piece
+    (b'{"msg":"a","message":"m","b":2,"args":null,"exc_info":null}', True),
     (_enc({**_BASE, "mplog_sender": "forged"}), False),  # set by the collector
     (_enc({**_BASE, "mplog_seq": 7}), False),
     (_enc(_deep(32)), True),  # 32 levels, the record included: kept as it is

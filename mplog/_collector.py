@@ -324,16 +324,22 @@ def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
     container inside it (so every member is its own) and *rec* is what it parses to.
 
     A member ``,"KEY":VALUE`` is cut when VALUE is the key's value (null or a string) as
-    the stdlib's compact ASCII encoder writes it, and ``"KEY"`` occurs nowhere else in
-    *body* (else: written otherwise, the first member, or the key twice). Such bytes can
-    only be that member: their first quote follows a comma, so it is no escaped quote
-    inside a string; a string it closed could not be followed by a letter in valid JSON;
-    so it opens the string ``"KEY"``, which a colon makes a key, and the value's bytes
-    end where the value ends. Cutting it leaves valid JSON whose other members are as
-    they were (what follows it is a comma or the brace)."""
+    the stdlib's compact ASCII encoder writes it, and KEY is no other member's key. Such
+    bytes can only be that member: their first quote follows a comma, so it is no
+    escaped quote inside a string; a string it closed could not be followed by a letter
+    in valid JSON; so it opens the string ``"KEY"``, which a colon makes a key, and the
+    value's bytes end where the value ends. Cutting it leaves valid JSON whose other
+    members are as they were (what follows it is a comma or the brace).
+
+    No key is twice in *body* when it has one comma fewer than *rec* has keys: every
+    member but the first follows a comma, and a comma inside a string would only make
+    the count larger. Then each member is found from the end (where senders put these
+    keys). Otherwise (a comma in a string, say in a traceback) ``"KEY"`` is looked for
+    everywhere: it must occur once, as that member."""
     spans: list[tuple[int, int]] = []
     first = len(body)
     size = 0
+    unique = body.count(b",") + 1 == len(rec)
     for key, member, null, quoted in _DROP_MEMBERS:
         if key in rec:
             value = rec[key]
@@ -343,13 +349,18 @@ def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
                 cut = member + _encode_str_ascii(value).encode("ascii")
             else:
                 return None
-            at = body.find(quoted) - 1  # the first "KEY" must start the member
-            end = at + len(cut)
-            if at < 0 or not body.startswith(cut, at) or body.find(quoted, end) >= 0:
-                return None
-            spans.append((at, end))
+            if unique:
+                at = body.rfind(cut)
+                if at < 0:
+                    return None
+            else:
+                at = body.find(quoted) - 1  # the first "KEY" must start the member
+                if (at < 0 or not body.startswith(cut, at)
+                        or body.find(quoted, at + len(cut)) >= 0):
+                    return None
+            spans.append((at, at + len(cut)))
             first = min(first, at)
-            size += end - at
+            size += len(cut)
     if size == len(body) - 1 - first:
         return body[:first]  # the members fill the end (disjoint spans): one slice
     spans.sort()

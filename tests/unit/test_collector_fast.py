@@ -70,7 +70,10 @@ CORPUS: list[tuple[bytes, bool | None]] = [
     (_enc({**_BASE, "args": None, "ctx": {"a": 1}}), False),  # a container inside
     (_enc({**_BASE, "args": None, "note": '"args"'}), True),  # escaped quotes: not a key
     (_enc({**_BASE, "args": None, "note": ',"args":null'}), True),
-    (_enc({**_BASE, "args": None, "note": '"args'}), False),  # bytes '"args"' twice
+    (_enc({**_BASE, "args": None, "note": '"args'}), True),  # '"args"' in a string
+    (_enc({**_BASE, "args": None, "note": '"args, x'}), True),  # and a comma: searched
+    (_enc({**_BASE, "args": None, "note": 'x, "args"'}), True),
+    (_enc({**_BASE, "args": None, "note": 'x,"args":null'}), True),  # the member's bytes, escaped
     (b'{"msg":"a","args":null,"args":null}', None),  # a key twice, the same value
     (b'{"msg":"a","args":"x","args":null}', False),  # twice, another value: one left
     (b'{"msg":"a","args":null,"args":"x"}', False),

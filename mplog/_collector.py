@@ -249,6 +249,11 @@ _FAST_REFUSED_KEYS = frozenset(("mplog_sender", "mplog_seq"))
 #: a null value, the key as a JSON string).
 _DROP_MEMBERS = tuple((k, f',"{k}":'.encode(), f',"{k}":null'.encode(), f'"{k}"'.encode())
                       for k in _DROP)
+_DROP_SET = frozenset(_DROP)
+_DROP_NULL = {k: null for k, _, null, _ in _DROP_MEMBERS}
+_DROP_MEMBER = {k: member for k, member, _, _ in _DROP_MEMBERS}
+#: What a body may not have for its bytes to be written whole (the dropped keys cut).
+_FAST_PLAIN_KEYS = _FAST_REFUSED_KEYS | _DROP_SET
 #: Longest body passed through: every JSON value takes at least 2 bytes (itself and a
 #: separator), so such a body has fewer than jsonable's MAX_NODES values, and fewer
 #: characters than its 2 MiB (it is ASCII: one byte per character at most).
@@ -310,12 +315,13 @@ def _passthrough(body: bytes) -> bytes | None:
         rec = _strict_loads(body)
     except ValueError:
         return None
-    if not (type(rec) is dict and rec and rec.keys().isdisjoint(_FAST_REFUSED_KEYS)
-            and type(rec.get("msg", "")) is str):
+    if not (type(rec) is dict and rec and type(rec.get("msg", "")) is str):
         return None
-    if "args" in rec or "exc_info" in rec or "message" in rec:
-        return _cut_members(body, rec) if flat else None
-    return body[:-1]
+    if rec.keys().isdisjoint(_FAST_PLAIN_KEYS):
+        return body[:-1]
+    if not rec.keys().isdisjoint(_FAST_REFUSED_KEYS):
+        return None
+    return _cut_members(body, rec) if flat else None
 
 
 def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
@@ -333,13 +339,35 @@ def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
 
     No key is twice in *body* when it has one comma fewer than *rec* has keys: every
     member but the first follows a comma, and a comma inside a string would only make
-    the count larger. Then each member is found from the end (where senders put these
-    keys). Otherwise (a comma in a string, say in a traceback) ``"KEY"`` is looked for
-    everywhere: it must occur once, as that member."""
+    the count larger. Then the members are in the order of *rec*'s keys, and each is
+    found from the end (where senders put these keys). Otherwise (a comma in a string,
+    say in a traceback) ``"KEY"`` is looked for everywhere: it must occur once, as that
+    member."""
+    unique = body.count(b",") + 1 == len(rec)
+    if unique:
+        # The members are in the order of rec's keys: the common layout has the dropped
+        # ones last, cut with one check each from the end.
+        end = len(body) - 1
+        left = ("args" in rec) + ("exc_info" in rec) + ("message" in rec)
+        for key in reversed(rec):
+            if key not in _DROP_SET:
+                break
+            value = rec[key]
+            if value is None:
+                cut = _DROP_NULL[key]
+            elif type(value) is str:
+                cut = _DROP_MEMBER[key] + _encode_str_ascii(value).encode("ascii")
+            else:
+                return None
+            if not body.endswith(cut, 0, end):
+                break
+            end -= len(cut)
+            left -= 1
+            if not left:
+                return body[:end]
     spans: list[tuple[int, int]] = []
     first = len(body)
     size = 0
-    unique = body.count(b",") + 1 == len(rec)
     for key, member, null, quoted in _DROP_MEMBERS:
         if key in rec:
             value = rec[key]

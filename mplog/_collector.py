@@ -1355,12 +1355,13 @@ class Collector:
             splice = conn.splice
             passthrough = _passthrough
             lines: list[bytes] = []
+            append = lines.append
             advance: dict[int, int] = {}
             duplicates = 0
             for seq, body in zip(seqs, batch.bodies, strict=True):
                 head = passthrough(body)
                 # Refused as _mplog refuses it (the wire's words), duplicates included.
-                rec = None if head is not None else record_object(body)
+                rec = record_object(body) if head is None else None
                 epoch = seq >> EPOCH_SHIFT
                 # Seqs increase along a connection: the marks from before this read
                 # are enough to tell a duplicate.
@@ -1369,13 +1370,13 @@ class Collector:
                     continue
                 advance[epoch] = seq
                 if head is not None:
-                    lines.append(b"%b%b%d}\n" % (head, splice, seq))
+                    append(b"%b%b%d}\n" % (head, splice, seq))
                 else:
                     assert rec is not None
                     row = self._row(rec)
                     row["mplog_sender"] = sender
                     row["mplog_seq"] = seq
-                    lines.append(self._out.line(row))
+                    append(self._out.line(row))
             self.stats["duplicates"] += duplicates
             written = self._write_lines(lines)
             marks.update(advance)

@@ -14,10 +14,11 @@ counts frames without unpickling, so it costs every setup the same, and little. 
 are forked from a forkserver (the default start method from Python 3.14) and wait on one
 start event, so start-up is not timed.
 
-Part 2, the collector (``--no-collector`` skips it): pre-built frames of the same record
-blasted over one TCP connection at ``mplog serve`` (mplog wire with acks and de-duplication,
-HMAC off and on; the stdlib wire) and at rsyslog ``imtcp`` -> ``omfile`` when rsyslogd is
-installed; the clock stops when the output file holds every line; median of 3 runs.
+Part 2, the collector (``--no-collector`` skips it; ``--collector-only`` runs only it):
+pre-built frames of the same record blasted over one TCP connection at ``mplog serve``
+(mplog wire with acks and de-duplication, HMAC off and on; the stdlib wire) and at rsyslog
+``imtcp`` -> ``omfile`` when rsyslogd is installed; the clock stops when the output file
+holds every line; median of 3 runs.
 
 Rules this module keeps:
 
@@ -107,6 +108,7 @@ class BenchConfig:
 
     sizes: tuple[int, ...] = SIZES
     records: int = RECORDS
+    pipeline: bool = True
     collector: bool = True
     collector_records: int = COLLECTOR_RECORDS
     collector_runs: int = COLLECTOR_RUNS
@@ -122,14 +124,15 @@ class BenchConfig:
         *, quick: bool = False, sizes: Sequence[int] | None = None, records: int | None = None,
         collector: bool = True, spool: bool = False, timeout: float | None = None,
         out: str | None = None, plot: str | None = None, json_out: str | None = None,
-        command: str = "mplog bench",
+        command: str = "mplog bench", pipeline: bool = True,
     ) -> BenchConfig:
-        """The configuration for these options (``quick``: 4 workers, few records, 1 run)."""
+        """The configuration for these options (``quick``: 4 workers, few records, 1 run;
+        ``pipeline=False``: the collector part only)."""
         chosen = tuple(sizes) if sizes else (QUICK_SIZES if quick else SIZES)
         if records is None:
             records = QUICK_RECORDS_PER_WORKER * max(chosen) if quick else RECORDS
         return BenchConfig(
-            sizes=chosen, records=records, collector=collector,
+            sizes=chosen, records=records, pipeline=pipeline, collector=collector,
             collector_records=QUICK_COLLECTOR_RECORDS if quick else COLLECTOR_RECORDS,
             collector_runs=1 if quick else COLLECTOR_RUNS, spool=spool,
             timeout=timeout or 0.0, out=out, plot=plot, json_out=json_out, command=command,
@@ -142,6 +145,8 @@ class BenchConfig:
 
 def check_usage(cfg: BenchConfig) -> None:
     """Fail fast, before anything runs, on what would only fail at the end."""
+    if not cfg.pipeline and not cfg.collector:
+        raise UsageError("--collector-only and --no-collector leave nothing to run")
     if not cfg.timeout >= 0:  # also refuses nan
         raise UsageError(f"--timeout must be a positive number of seconds, got {cfg.timeout}")
     for size in cfg.sizes:
@@ -1016,17 +1021,8 @@ def _ratio_rows(results: list[Result], sizes: Sequence[int]) -> list[str]:
     return rows
 
 
-def render(cfg: BenchConfig, results: list[Result], collector: list[CollectorResult] | None,
-           *, collector_note: str, machine: str, started: datetime.datetime,
-           elapsed: float) -> str:
-    """The markdown report, between (and including) the two markers."""
-    lines = [BEGIN_MARKER, "", "## Results", ""]
-    lines += [
-        f"- **Command**: `{cfg.command}` ({elapsed:.0f} s)",
-        f"- **Date**: {started:%Y-%m-%d %H:%M} UTC",
-        f"- **Machine**: {machine}",
-        f"- **Python**: {platform.python_implementation()} {platform.python_version()}; "
-        f"mplog {mplog.__version__}",
+def _pipeline_lines(cfg: BenchConfig, results: list[Result]) -> list[str]:
+    lines = [
         f"- **Records**: {cfg.records:,} per run in all, "
         f'`logger.info("{MESSAGE}", i, x)`; workers forked from a forkserver, '
         "timed from one start event",
@@ -1057,6 +1053,25 @@ def render(cfg: BenchConfig, results: list[Result], collector: list[CollectorRes
         "|---:|---|---|---:|---|",
         *_ratio_rows(results, cfg.sizes),
     ]
+    return lines
+
+
+def render(cfg: BenchConfig, results: list[Result], collector: list[CollectorResult] | None,
+           *, collector_note: str, machine: str, started: datetime.datetime,
+           elapsed: float) -> str:
+    """The markdown report, between (and including) the two markers."""
+    lines = [BEGIN_MARKER, "", "## Results", ""]
+    lines += [
+        f"- **Command**: `{cfg.command}` ({elapsed:.0f} s)",
+        f"- **Date**: {started:%Y-%m-%d %H:%M} UTC",
+        f"- **Machine**: {machine}",
+        f"- **Python**: {platform.python_implementation()} {platform.python_version()}; "
+        f"mplog {mplog.__version__}",
+    ]
+    if cfg.pipeline:
+        lines += _pipeline_lines(cfg, results)
+    else:
+        lines += ["", "The pipeline part was not run (`--collector-only`)."]
     if collector is not None:
         lines += ["", "### The collector: `mplog serve` and rsyslog", ""]
         runs = cfg.collector_runs
@@ -1117,21 +1132,22 @@ def plot(path: str, results: list[Result], collector: list[CollectorResult] | No
     kinds = [k for k in dict.fromkeys(r.setup for r in results) if k != "fmt-only"]
     sizes = list(dict.fromkeys(r.workers for r in results))
     by = {(r.setup, r.workers): r for r in results}
-    panels = 2 if collector else 1
+    panels = (1 if results else 0) + (1 if collector else 0) or 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels + 2, 4.5), squeeze=False)
-    ax = axes[0][0]
-    width = 0.8 / max(len(kinds), 1)
-    for k, kind in enumerate(kinds):
-        xs = [i + k * width for i in range(len(sizes))]
-        ys = [(by[(kind, n)].rate or 0.0) if (kind, n) in by else 0.0 for n in sizes]
-        ax.bar(xs, ys, width, label=kind)
-    ax.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(sizes))])
-    ax.set_xticklabels([f"N = {n}" for n in sizes])
-    ax.set_ylabel("records/s")
-    ax.set_title("Worker processes to one receiver")
-    ax.legend()
+    if results:
+        ax = axes[0][0]
+        width = 0.8 / max(len(kinds), 1)
+        for k, kind in enumerate(kinds):
+            xs = [i + k * width for i in range(len(sizes))]
+            ys = [(by[(kind, n)].rate or 0.0) if (kind, n) in by else 0.0 for n in sizes]
+            ax.bar(xs, ys, width, label=kind)
+        ax.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(sizes))])
+        ax.set_xticklabels([f"N = {n}" for n in sizes])
+        ax.set_ylabel("records/s")
+        ax.set_title("Worker processes to one receiver")
+        ax.legend()
     if collector:
-        cx = axes[0][1]
+        cx = axes[0][-1]
         names = [f"{c.receiver.split(' imtcp')[0]}\n{c.wire.split(' (')[0]}"
                  + ("\nHMAC" if "HMAC on" in c.wire else "") for c in collector]
         cx.bar(range(len(collector)),
@@ -1169,14 +1185,14 @@ def main(cfg: BenchConfig) -> int:
 def _main(cfg: BenchConfig) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
-    steps = len(cfg.sizes) * len(setups(cfg))
+    steps = len(cfg.sizes) * len(setups(cfg)) if cfg.pipeline else 0
     if cfg.collector:
         steps += cfg.collector_runs * (len(COLLECTOR_SETUPS) - (0 if rsyslogd_path() else 1))
     progress = Progress(sys.stderr, steps)
     machine = _machine()
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()
-    results = run_pipeline(cfg, progress)
+    results = run_pipeline(cfg, progress) if cfg.pipeline else []
     collector, note = run_collector(cfg, progress) if cfg.collector else (None, "")
     if note:
         progress.note(note)

@@ -108,6 +108,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        help="also draw records/s as a bar chart (needs matplotlib)")
     bench.add_argument("--no-collector", action="store_true",
                        help="skip mplog serve against rsyslog")
+    bench.add_argument("--collector-only", action="store_true",
+                       help="run only mplog serve against rsyslog (no worker setups)")
     bench.add_argument("--sizes", type=lambda text: [_positive(x) for x in text.split(",")],
                        metavar="N,N,...", help="worker counts (default 4,16,64; --quick: 4)")
     bench.add_argument("--records", type=_positive, help="records per run, all workers together")
@@ -125,7 +127,8 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     cfg = _bench.BenchConfig.make(
         quick=args.quick, sizes=args.sizes, records=args.records,
-        collector=not args.no_collector, spool=args.spool, timeout=args.timeout,
+        collector=not args.no_collector, pipeline=not args.collector_only,
+        spool=args.spool, timeout=args.timeout,
         out=args.out, plot=args.plot, json_out=args.json,
         command=shlex.join(["mplog", *(sys.argv[1:] if argv is None else argv)]),
     )

@@ -65,6 +65,7 @@ __all__ = [
     "Hello",
     "MplogWire",
     "Record",
+    "RecordBatch",
     "ServerConnection",
     "hello_proof",
     "record_payload",
@@ -146,7 +147,7 @@ class _SessionMac:
         self._inner.update(session_prefix(sender, client_nonce, server_nonce))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
-    def mac(self, position: int, kind: bytes, body: bytes) -> bytes:
+    def mac(self, position: int, kind: bytes, body: bytes | memoryview) -> bytes:
         inner = self._inner.copy()
         inner.update(_POS.pack(position) + kind)
         inner.update(body)
@@ -250,6 +251,29 @@ class Ack:
     seq: int
 
 
+class RecordBatch:
+    """What :meth:`ServerConnection.receive_batch` got from one read: the record frames
+    as ``seqs[i]`` and ``bodies[i]`` (the JSON object's bytes, **not parsed yet**: the
+    caller must check each is one JSON object, e.g. with :func:`record_object`), a
+    :class:`Hello` to answer, or the client's close. A hello comes alone (nothing may
+    follow it before the welcome); a close comes last."""
+
+    __slots__ = ("bodies", "close", "hello", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.bodies: list[bytes] = []
+        self.hello: Hello | None = None
+        self.close = False
+
+
+def record_object(body: bytes) -> dict[str, Any]:
+    """The record a body of :class:`RecordBatch` holds, or ProtocolError (refused with
+    the words :meth:`ServerConnection.receive` uses for a record that is not one JSON
+    object)."""
+    return _json_object(body, "record")
+
+
 class ServerConnection:
     """The server side of one connection.
 
@@ -313,6 +337,99 @@ class ServerConnection:
             else:
                 raise RemoteProtocolError("client sent a frame after its close")
         return events
+
+    def receive_batch(self, data: bytes) -> RecordBatch:
+        """:meth:`receive`, with record frames left unparsed: every check of
+        :meth:`receive` (frame length before buffering, MAC, type, seq range and order,
+        close), but a record's JSON body is returned as bytes for the caller to
+        validate (:func:`record_object`): a collector can then write the sender's bytes
+        instead of parsing and re-encoding them. The frames of one read are split in
+        place, without a copy of the buffer per frame. Raises ProtocolError; after one,
+        nothing of this read may be used (as with :meth:`receive`)."""
+        batch = RecordBatch()
+        if self._state != "open" or not data:
+            # The handshake (or EOF, or a peer past its close): rare, the general path.
+            for ev in self.receive(data):
+                if isinstance(ev, Hello):
+                    batch.hello = ev
+                elif isinstance(ev, Close):
+                    batch.close = True
+                else:  # receive() parses records only in the open state
+                    raise AssertionError("a record before the welcome")
+            return batch
+        split = self._split
+        if split._buf:
+            split._buf += data
+            buf = bytes(split._buf)
+            split._buf.clear()
+        else:
+            buf = data
+        view = memoryview(buf)
+        limit = split._limit
+        mac = self._mac
+        macsize = MAC_SIZE if mac is not None else 0
+        seqs, bodies = batch.seqs, batch.bodies
+        last = self.last_seq
+        in_pos = self._in_pos
+        unpack_len, unpack_seq, pack_pos = _LEN.unpack_from, _SEQ.unpack_from, _POS.pack
+        if mac is not None:
+            inner_copy, outer_copy = mac._inner.copy, mac._outer.copy
+        compare = hmac.compare_digest
+        end = len(buf)
+        pos = 0
+        try:
+            while end - pos >= 4:
+                (n,) = unpack_len(buf, pos)
+                if n > limit:
+                    raise RemoteProtocolError(f"client sent a frame of {n} bytes (limit {limit})")
+                if n < 1:
+                    raise RemoteProtocolError("client sent an empty frame")
+                stop = pos + 4 + n
+                if stop > end:
+                    break
+                if batch.close:
+                    raise RemoteProtocolError("client sent a frame after its close")
+                kind = buf[pos + 4 : pos + 5]
+                if mac is not None:
+                    if n < 1 + MAC_SIZE:
+                        raise RemoteProtocolError("client sent a frame too short for its MAC")
+                    # _SessionMac.mac, inline (this runs per frame).
+                    inner = inner_copy()
+                    inner.update(pack_pos(in_pos) + kind)
+                    inner.update(view[pos + 5 : stop - MAC_SIZE])
+                    outer = outer_copy()
+                    outer.update(inner.digest())
+                    if not compare(view[stop - MAC_SIZE : stop], outer.digest()):
+                        raise RemoteProtocolError(
+                            "client sent a frame with a wrong HMAC (tampered, or replayed or "
+                            "spliced from another connection or position)"
+                        )
+                    in_pos += 1
+                if kind == _R:
+                    if n - 1 - macsize < _SEQ.size + 2:
+                        raise RemoteProtocolError("client sent a record frame too short")
+                    (seq,) = unpack_seq(buf, pos + 5)
+                    if not 0 < seq < SEQ_LIMIT:
+                        raise RemoteProtocolError(
+                            f"client sent seq {seq}, outside 1 .. 2**63-1")
+                    if seq <= last:
+                        raise RemoteProtocolError(f"client sent seq {seq} after {last}")
+                    last = seq
+                    seqs.append(seq)
+                    bodies.append(buf[pos + 13 : stop - macsize])
+                elif kind == b"C":
+                    batch.close = True
+                else:
+                    raise RemoteProtocolError(f"client sent unknown frame type {kind!r}")
+                pos = stop
+        finally:
+            self.last_seq = last
+            self._in_pos = in_pos
+            if batch.close:
+                self._state = "closed"
+        if pos < end:
+            split._buf += buf[pos:] if pos else buf
+        return batch
 
     def _preamble(self, data: bytes) -> bytes:
         need = len(MAGIC) - len(self._pre)

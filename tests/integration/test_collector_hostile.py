@@ -159,7 +159,11 @@ def _lines(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def _count(path: pathlib.Path, name: str) -> int:
-    return path.read_bytes().count(f'"name": "{name}"'.encode()) if path.exists() else 0
+    # mplog-wire records are written as the sender's compact JSON, others with spaces.
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    return sum(data.count(f'"name":{sep}"{name}"'.encode()) for sep in ("", " "))
 
 
 def _closed_by_peer(sock: socket.socket, timeout: float = 15.0) -> bool:

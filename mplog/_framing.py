@@ -58,6 +58,15 @@ class FrameSplitter:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        return self._split(data, 4)
+
+    def feed_frames(self, data: bytes) -> list[bytes]:
+        """As :meth:`feed`, but each complete frame is returned whole, its length prefix
+        included (what a relay forwards as it is)."""
+        return self._split(data, 0)
+
+    def _split(self, data: bytes, skip: int) -> list[bytes]:
+        # *skip*: 4 to return bodies, 0 to return whole frames.
         if not data:
             if self._buf:
                 n = len(self._buf)
@@ -79,33 +88,7 @@ class FrameSplitter:
             stop = pos + 4 + n
             if stop > end:
                 break
-            out.append(bytes(buf[pos + 4 : stop]))
-            pos = stop
-        if pos:
-            del buf[:pos]
-        return out
-
-    def feed_frames(self, data: bytes) -> list[bytes]:
-        """As :meth:`feed`, but each complete frame is returned whole, its length prefix
-        included (what a relay forwards as it is)."""
-        if not data:
-            return self.feed(data)
-        buf = self._buf
-        buf += data
-        out: list[bytes] = []
-        pos = 0
-        end = len(buf)
-        unpack = HEADER.unpack_from
-        limit = self._max
-        while end - pos >= 4:
-            (n,) = unpack(buf, pos)
-            if n > limit:
-                buf.clear()
-                raise RemoteProtocolError(f"frame of {n} bytes exceeds the limit of {limit}")
-            stop = pos + 4 + n
-            if stop > end:
-                break
-            out.append(bytes(buf[pos:stop]))
+            out.append(bytes(buf[pos + skip : stop]))
             pos = stop
         if pos:
             del buf[:pos]

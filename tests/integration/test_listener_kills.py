@@ -10,6 +10,7 @@ import os
 import pathlib
 import signal
 import threading
+from collections.abc import Callable
 
 import mplog
 from tests.helpers import Serve, wait_until
@@ -27,35 +28,46 @@ def _worker(address: str, k: int, n: int) -> None:
         log.info("w%d record %d with some text to make the frames realistic", k, i, extra={"k": k, "i": i})
 
 
+def _log_while_killing(p: mplog.Pipeline, arrived: Callable[[], int]) -> None:
+    """WORKERS forked workers log PER_WORKER records each while the listener is SIGKILLed
+    KILLS times, each time once *arrived()* shows some more records have come through."""
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_worker, args=(p.address, k, PER_WORKER)) for k in range(WORKERS)]
+    for w in workers:
+        w.start()
+    kills: list[int] = []
+
+    def killer() -> None:
+        for n in range(KILLS):
+            target = (n + 1) * WORKERS * PER_WORKER // (KILLS + 2)
+            wait_until(lambda: arrived() >= target, 120, f"{target} records through")
+            pid = p.pid
+            os.kill(pid, signal.SIGKILL)
+            kills.append(pid)
+            wait_until(lambda: p.pid != pid, 60, "a new listener")
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        for w in workers:
+            w.join(300)
+            assert w.exitcode == 0
+        t.join(300)
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join(10)
+    assert len(kills) == KILLS and p.restarts == KILLS
+
+
 def test_listener_sigkilled_5_times_under_load_with_a_spool_loses_nothing(tmp_path: pathlib.Path, start_pipeline) -> None:
     srv = Serve(tmp_path / "out.jsonl")
     try:
         h = mplog.SocketHandler("127.0.0.1", srv.port, wire="mplog", spool_dir=str(tmp_path / "spool"), spool_mode="all")
         h.retryStart, h.retryMax = 0.05, 0.3
         p = start_pipeline([h])
-        ctx = multiprocessing.get_context("fork")
-        workers = [ctx.Process(target=_worker, args=(p.address, k, PER_WORKER)) for k in range(WORKERS)]
-        for w in workers:
-            w.start()
-        kills: list[int] = []
-
-        def killer() -> None:
-            # Kill while records stream in: each time some more have arrived.
-            for n in range(KILLS):
-                target = (n + 1) * WORKERS * PER_WORKER // (KILLS + 2)
-                wait_until(lambda: srv.count() >= target, 120, f"{target} records at the collector")
-                pid = p.pid
-                os.kill(pid, signal.SIGKILL)
-                kills.append(pid)
-                wait_until(lambda: p.pid != pid, 60, "a new listener")
-
-        t = threading.Thread(target=killer)
-        t.start()
-        for w in workers:
-            w.join(300)
-            assert w.exitcode == 0
-        t.join(300)
-        assert len(kills) == KILLS and p.restarts == KILLS
+        _log_while_killing(p, srv.count)  # kill while records stream in
         total = WORKERS * PER_WORKER
         try:
             wait_until(lambda: srv.count() >= total, 60, f"{total} lines at the collector")
@@ -127,35 +139,8 @@ def test_listener_sigkilled_5_times_under_load_without_a_spool_counts_every_loss
     # be in ``dropped`` (the pipeline's counters, kept across the 5 listeners), and the
     # count may exceed the loss only by what was in flight at each kill.
     p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
-    ctx = multiprocessing.get_context("fork")
-    workers = [ctx.Process(target=_worker, args=(p.address, k, PER_WORKER)) for k in range(WORKERS)]
-    for w in workers:
-        w.start()
-    kills: list[int] = []
-
-    def killer() -> None:
-        for n in range(KILLS):
-            target = (n + 1) * WORKERS * PER_WORKER // (KILLS + 2)
-            # The pipeline's count, not the receiver's: the losses make the receiver's short.
-            wait_until(lambda: p.stats()["received"] >= target, 120, f"{target} records received")
-            pid = p.pid
-            os.kill(pid, signal.SIGKILL)
-            kills.append(pid)
-            wait_until(lambda: p.pid != pid, 60, "a new listener")
-
-    t = threading.Thread(target=killer)
-    t.start()
-    try:
-        for w in workers:
-            w.join(300)
-            assert w.exitcode == 0
-        t.join(300)
-    finally:
-        for w in workers:
-            if w.is_alive():
-                w.kill()
-                w.join(10)
-    assert len(kills) == KILLS and p.restarts == KILLS
+    # The pipeline's count, not the receiver's: the losses make the receiver's short.
+    _log_while_killing(p, lambda: p.stats()["received"])
     assert p.flush(60)
     st = p.stats()
     receiver.wait_records(st["sent"], 60)

@@ -73,3 +73,14 @@ def test_fuzz_only_protocol_error(data: bytes) -> None:
         s.feed(b"")
     except ProtocolError:
         return
+
+
+def test_feed_frames_returns_whole_frames_across_any_split() -> None:
+    frames = [frame(b"a" * n) for n in (0, 1, 5, 300, 70000)]
+    stream = b"".join(frames)
+    for cut in (1, 3, 4, 7, 1000, len(stream)):
+        s = FrameSplitter()
+        got = []
+        for i in range(0, len(stream), cut):
+            got += s.feed_frames(stream[i : i + cut])
+        assert got == frames and s.pending == 0

@@ -9,9 +9,11 @@ Rules this module keeps (client):
 - Fork safety: ``os.register_at_fork`` gives every child fresh locks and no inherited
   connection (a child never shares a socket, or a half-written frame, with its parent).
 - A listener that cannot be reached (being restarted) is retried for a bounded time per
-  outage, not per record; after that, records go to stderr with a clear prefix and are
-  counted, and the count is reported to the listener once it is back. Nothing here ever
-  raises into application code or blocks forever.
+  outage, not per record; after that, while its socket file is there, records are held
+  in memory (bounded) and written first on the next connection; beyond that bound, or
+  with the pipeline gone, they go to stderr with a clear prefix and are counted, and the
+  count is reported to the listener once it is back. Nothing here ever raises into
+  application code or blocks forever.
 
 Rules this module keeps (server, :class:`IntakeServer`):
 

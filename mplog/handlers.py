@@ -82,9 +82,11 @@ class QueueHandler(logging.handlers.QueueHandler):
 
     ``emit`` encodes the record (data-only, see :func:`prepare`) and writes it to this
     process's connection to the listener before it returns; there is no thread and no
-    queue in this process. Thread-safe and fork-safe. It never raises into the caller: a
-    listener unreachable for longer than ~2 s gets the record written to stderr instead,
-    counted, and reported to the listener once it is back.
+    queue in this process. Thread-safe and fork-safe. It never raises into the caller and
+    blocks at most ~2 s: a listener being restarted for longer than that gets the record
+    held in this process's memory (up to 16 MiB) and written once it is back; a pipeline
+    that is gone gets it written to stderr instead, counted, and reported to the listener
+    if it comes back.
     """
 
     queue: IntakeClient  # type: ignore[assignment]

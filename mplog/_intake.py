@@ -818,12 +818,15 @@ class IntakeServer:
 
     def _relay_batch(self, conn: _Conn, frames: list[bytes]) -> None:
         self.received += len(frames)
+        self._to_handlers(self.listener.relay_batch, frames)
+        conn.records += len(frames)
+
+    def _to_handlers(self, fn: Callable[[Any], None], batch: Any) -> None:
         try:
-            self.listener.relay_batch(frames)
+            fn(batch)
         except Exception as exc:  # a handler bug must not end the listener
             self.handler_errors += 1
             sys.stderr.write(f"mplog listener: handler failed: {type(exc).__name__}: {exc}\n")
-        conn.records += len(frames)
 
     def _process(self, sock: socket.socket, bodies: list[bytes]) -> bool:
         """Handle the frames of one read; False if the connection was closed."""
@@ -876,11 +879,7 @@ class IntakeServer:
 
     def _handle_batch(self, batch: list[dict[str, Any]]) -> None:
         self.received += len(batch)
-        try:
-            self.listener.handle_batch(batch)
-        except Exception as exc:  # a handler bug must not end the listener
-            self.handler_errors += 1
-            sys.stderr.write(f"mplog listener: handler failed: {type(exc).__name__}: {exc}\n")
+        self._to_handlers(self.listener.handle_batch, batch)
 
     # -- control --------------------------------------------------------------------------
 

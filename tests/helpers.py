@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import pathlib
 import signal
@@ -205,3 +206,14 @@ class Serve:
         if not self.out.exists():
             return []
         return [json.loads(x) for x in self.out.read_text(encoding="utf-8").splitlines() if x.endswith("}")]
+
+
+def json_same(a: Any, b: Any) -> bool:
+    """JSON-equal, with NaN equal to NaN, key order and exact types included."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(json_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b

@@ -11,7 +11,6 @@ a restart, from the output's compact lines) and that a tampered signed frame is 
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import socket
@@ -27,6 +26,7 @@ from mplog._collector import Collector, _json_line
 from mplog._text import one_line
 from mplog._wires.mplog import MAC_SIZE, ClientSession, record_object, record_payload
 from tests.helpers import ROOT, Serve, env_with_root, wait_until
+from tests.helpers import json_same as _same
 
 _SEQ = struct.Struct(">Q")
 KEY = b"fast-path-test-key-0123456789abcdef"
@@ -70,16 +70,6 @@ def _expected(body: bytes, sender: str, seq: int) -> dict[str, Any]:
     row["mplog_sender"] = sender
     row["mplog_seq"] = seq
     return json.loads(_json_line(row))
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, dict) and isinstance(b, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
 
 
 class _Client:

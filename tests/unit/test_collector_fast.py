@@ -10,7 +10,6 @@ frame ``receive`` refuses, with the same words.
 from __future__ import annotations
 
 import json
-import math
 import random
 import struct
 from typing import Any
@@ -31,6 +30,7 @@ from mplog._wires.mplog import (
     record_object,
     record_payload,
 )
+from tests.helpers import json_same as _same
 
 SENDER = "fast-test"
 SPLICE = f',"mplog_sender":"{SENDER}","mplog_seq":'.encode()
@@ -141,17 +141,6 @@ def _fast_line(body: bytes, seq: int) -> bytes:
     head = _passthrough(body)
     assert head is not None
     return b"%b%b%d}\n" % (head, SPLICE, seq)
-
-
-def _same(a: Any, b: Any) -> bool:
-    # JSON-equal, NaN equal to NaN.
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, dict) and isinstance(b, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
 
 
 @pytest.fixture(params=["default", "stdlib"])

@@ -113,20 +113,6 @@ _registry_lock = threading.Lock()
 EXIT_DRAIN = 5.0
 
 
-def _send_all(sock: socket.socket, data: bytes, timeout: float) -> None:
-    """Write all of *data* to *sock*, whose socket timeout bounds a write that makes no
-    progress (the listener stopped reading).
-
-    The timeout also makes every ``recv`` wait for the socket to be readable first, even
-    with ``MSG_DONTWAIT`` (CPython polls before the call): so reading acknowledgements
-    every ``ACK_READ_BYTES`` waits for the listener, which keeps a worker from running
-    more than that far ahead of it. A non-blocking socket without that wait was measured
-    faster (one ``poll`` less per record) but let workers run megabytes ahead, and records
-    were lost in the listener-kill tests (issue 12 notes): kept as it is until that is
-    understood."""
-    sock.sendall(data)
-
-
 def _drain_all_at_exit() -> None:
     for client in list(_clients):
         if client._pid == os.getpid() and not client.drain(EXIT_DRAIN):
@@ -224,7 +210,7 @@ class IntakeClient:
 
     def _read_acks(self, sock: socket.socket) -> None:
         """Forget the records the listener says it handled. Before the greeting: only
-        if something is there to read (see _send_all on the wait otherwise)."""
+        if something is there to read (see _connect on the wait otherwise)."""
         if not self._greeted:
             try:
                 if not select.select([sock], [], [], 0)[0]:
@@ -325,9 +311,15 @@ class IntakeClient:
             # Room for bursts: a worker blocks (and pays for the context switches) only
             # when the listener is this far behind.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            # The timeout bounds a write that makes no progress (a stuck listener). It
+            # also makes every recv wait for readability first, even with MSG_DONTWAIT
+            # (CPython polls before the call), so reading acknowledgements every
+            # ACK_READ_BYTES waits for the listener and keeps a worker from running more
+            # than that far ahead. A non-blocking socket (one poll less per record) lost
+            # records in the listener-kill tests, not yet understood: not used.
             s.settimeout(self.send_timeout)
             s.connect(self.address)
-            _send_all(s, HELLO, self.send_timeout)
+            s.sendall(HELLO)
         except OSError:
             s.close()
             return None
@@ -351,7 +343,7 @@ class IntakeClient:
                  "last": self._lost_last, "pid": os.getpid()}
             )
             try:
-                _send_all(s, report, self.send_timeout)
+                s.sendall(report)
             except OSError:
                 s.close()
                 return None
@@ -360,7 +352,7 @@ class IntakeClient:
             # A new listener: first the records the old one may never have handled.
             try:
                 for f in self._retained:
-                    _send_all(s, f, self.send_timeout)
+                    s.sendall(f)
             except OSError:
                 s.close()
                 return None
@@ -398,7 +390,7 @@ class IntakeClient:
                 if sock is not None and self._since_ack_read < self._ack_every:
                     # The common case, inlined: a connection, no acks to read yet.
                     try:
-                        _send_all(sock, frame, self.send_timeout)
+                        sock.sendall(frame)
                     except OSError:
                         ok = self._send_locked(frame)  # the listener went: the slow path
                     else:
@@ -431,7 +423,7 @@ class IntakeClient:
                 sock = self._sock = self._connect()
             if sock is not None:
                 try:
-                    _send_all(sock, frame, self.send_timeout)
+                    sock.sendall(frame)
                 except OSError:
                     # The listener died or was restarted. A partial frame on the old
                     # connection is discarded there; the whole frame goes again on the
@@ -635,6 +627,8 @@ class IntakeServer:
         self.torn_frames = 0
         self.worker_lost = 0
         self.handler_errors = 0
+        #: Records of batches whose handler call raised (counted in dropped).
+        self.handler_lost = 0
         self.accepted = 0
         #: The port of ``GET /metrics`` when the listener serves it (``metrics_port=``).
         self.metrics_port: int | None = None
@@ -797,8 +791,6 @@ class IntakeServer:
         """Relay mode: forward the stdlib-wire frames of one read as they are; anything
         else (a compact record written before the greeting was read, a control message)
         goes the decoding way, in order. False if the connection was closed."""
-        relay = self.relay
-        assert relay is not None
         if all(f[4] == 0x7D for f in frames):  # b"}": every frame a pickled record dict
             self._relay_batch(conn, frames)
             return True
@@ -826,6 +818,9 @@ class IntakeServer:
             fn(batch)
         except Exception as exc:  # a handler bug must not end the listener
             self.handler_errors += 1
+            # Acknowledged to the worker all the same (it cannot be handled again): counted
+            # as dropped, the whole batch (an upper bound: some may have been buffered).
+            self.handler_lost += len(batch)
             sys.stderr.write(f"mplog listener: handler failed: {type(exc).__name__}: {exc}\n")
 
     def _process(self, sock: socket.socket, bodies: list[bytes]) -> bool:
@@ -968,7 +963,7 @@ class IntakeServer:
             "sent": 0,
             "buffered": 0,
             "buffered_bytes": 0,
-            "dropped": self.worker_lost + self.torn_frames,
+            "dropped": self.worker_lost + self.torn_frames + self.handler_lost,
             "reconnects": 0,
             "connected": 0,
             "drop_reports": 0,

@@ -269,3 +269,22 @@ def test_a_listener_slower_to_come_back_than_the_budget_costs_no_record(tmp_path
     # Record 0 may come again (the dead listener never acknowledged it): at least once.
     assert got[-201:] == [f"r {i}" for i in range(1, 202)], got[:5]
     assert "record not delivered" not in capfd.readouterr().err
+
+
+class _BrokenRelay(mplog.SocketHandler):
+    def _relay(self, frames: list[bytes], respect_level: bool) -> None:
+        raise RuntimeError("a handler bug")
+
+
+def test_records_a_raising_handler_took_are_counted_as_dropped(receiver, start_pipeline) -> None:
+    # The listener acknowledges them (they cannot be handled again): they must show in
+    # dropped, not only in handler_errors.
+    port = receiver.port
+    p = start_pipeline(lambda: [_BrokenRelay("127.0.0.1", port)])
+    log = logging.getLogger("relay.broken")
+    for i in range(50):
+        log.warning("r %d", i)
+    st = wait_until(lambda: (s := p.stats())["received"] >= 50 and s, 20, "50 records received")
+    assert st["handler_errors"] >= 1
+    assert st["dropped"] >= 50 - st["sent"] - st["buffered"], st
+    assert st["dropped"] >= 1

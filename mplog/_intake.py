@@ -89,9 +89,14 @@ MODE_PICKLE = b"P"
 #: A worker reads its acknowledgements (without blocking) each time this many bytes of
 #: records are kept unacknowledged: one recv per this many bytes written.
 ACK_READ_BYTES = 256 * 1024
-#: Most bytes of records a worker keeps for a resend. What is in flight is bounded by the
-#: socket buffers (about 2 MiB), so this is only reached if acks stop coming.
+#: Most bytes of records a worker keeps for a resend. What is in flight is bounded by
+#: RETAIN_WAIT, so this is only reached if acks stop coming for SEND_TIMEOUT.
 RETAIN_MAX = 16 * 1024 * 1024
+#: A worker this many bytes ahead of its acknowledgements waits (at most SEND_TIMEOUT)
+#: for the listener to catch up before it writes more: what is in flight stays resendable
+#: (well under RETAIN_MAX) however far a slow listener falls behind. In the common case the
+#: socket buffer (SEND_BUFFER) plus one read of the listener's are all that is in flight.
+RETAIN_WAIT = 4 * 1024 * 1024
 #: Bytes read from a worker connection per ``recv``: big enough for hundreds of records.
 READ_SIZE = 256 * 1024
 #: After a turn that handled records, the loop pauses this long before it looks again, so
@@ -105,6 +110,12 @@ IDLE_TICK = 0.25
 ORPHAN_CLOSE_TIMEOUT = 1.0
 
 _clients: weakref.WeakSet[IntakeClient] = weakref.WeakSet()
+
+
+def _timeval(seconds: float) -> bytes:
+    """*seconds* as a ``struct timeval``, for SO_SNDTIMEO / SO_RCVTIMEO."""
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
 _fork_hook_registered = False
 _registry_lock = threading.Lock()
 
@@ -197,7 +208,6 @@ class IntakeClient:
         self._acked = 0  # cumulative ack of the current connection
         self._unacked_base = 0  # records of this connection before the first retained one
         self._ack_part = b""
-        self._since_ack_read = 0
         self._new_connection_state()
 
     def _new_connection_state(self) -> None:
@@ -207,6 +217,9 @@ class IntakeClient:
         #: The listener relays stdlib-wire frames: the handler encodes with encode_pickle.
         self.relay = False
         self._ack_every = 0
+        #: The acknowledgements are read when _retained_bytes reaches this (0: at every
+        #: record); one comparison on the fast path of send().
+        self._ack_at = 0
 
     def _read_acks(self, sock: socket.socket) -> None:
         """Forget the records the listener says it handled. Before the greeting: only
@@ -249,6 +262,27 @@ class IntakeClient:
             # here can no longer be resent, which matters only if the listener then dies.
             self._retained_bytes -= len(retained.popleft())
             self._unacked_base += 1
+        self._ack_at = self._retained_bytes + self._ack_every if self._greeted else 0
+
+    def _read_acks_or_wait(self, sock: socket.socket) -> None:
+        """Read the acknowledgements; if this process is more than RETAIN_WAIT bytes ahead
+        of them, wait (at most send_timeout) until the listener catches up. A listener
+        that went (EOF) ends the wait: the next write finds out and reconnects."""
+        self._read_acks(sock)
+        if self._retained_bytes <= RETAIN_WAIT or not self._greeted:
+            return
+        deadline = time.monotonic() + self.send_timeout
+        while self._retained_bytes > RETAIN_WAIT:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    return  # stuck for send_timeout: _read_acks keeps memory bounded
+            except (OSError, ValueError):
+                return
+            before = (self._acked, len(self._ack_part))
+            self._read_acks(sock)
+            if (self._acked, len(self._ack_part)) == before:
+                return  # EOF
 
     def _reset_after_fork(self) -> None:
         # The parent's lock may have been held by a thread that does not exist here, and
@@ -311,13 +345,17 @@ class IntakeClient:
             # Room for bursts: a worker blocks (and pays for the context switches) only
             # when the listener is this far behind.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            # The timeout bounds a write that makes no progress (a stuck listener). It
-            # also makes every recv wait for readability first, even with MSG_DONTWAIT
-            # (CPython polls before the call), so reading acknowledgements every
-            # ACK_READ_BYTES waits for the listener and keeps a worker from running more
-            # than that far ahead. A non-blocking socket (one poll less per record) lost
-            # records in the listener-kill tests, not yet understood: not used.
-            s.settimeout(self.send_timeout)
+            # A blocking socket whose writes the kernel bounds (SO_SNDTIMEO: a write, or
+            # a connect to a full backlog, that makes no progress for send_timeout fails
+            # with EAGAIN): one system call per record. A Python timeout would bound it
+            # too, but CPython then polls before every send and every recv (two system
+            # calls per record), and even a MSG_DONTWAIT recv would wait. Acks are read
+            # with MSG_DONTWAIT; how far a worker may run ahead of them is bounded
+            # explicitly (RETAIN_WAIT, see _read_acks_or_wait).
+            s.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says
+            bound = _timeval(self.send_timeout)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
             s.connect(self.address)
             s.sendall(HELLO)
         except OSError:
@@ -373,46 +411,62 @@ class IntakeClient:
                 check_intake_address(self.address, who)  # raises, saying why
                 self._sock = self._connect()  # it came back meanwhile
 
-    def send(self, frame: bytes) -> bool:
+    def send(self, frame: bytes, pid: int | None = None) -> bool:
         """Write *frame* to the listener. Return False if it had to be written to stderr.
+
+        *pid*: this process's id if the caller already has it (a record made just now
+        carries it as ``record.process``), which saves a system call per record; anything
+        else is checked with ``os.getpid()``.
 
         Re-entrant calls (a signal handler that logs while this thread is inside send)
         queue their frame; the outer call writes it right after its own, whole."""
-        if self._pid != os.getpid():  # forked by something that bypassed at-fork hooks
-            self._reset_after_fork()
-        with self._lock:
+        if pid != self._pid and self._pid != os.getpid():
+            self._reset_after_fork()  # forked by something that bypassed at-fork hooks
+        lock = self._lock
+        lock.acquire()  # not ``with``: this is paid per record, and with costs twice as much
+        try:
             if self._depth:
                 self._pending.append(frame)
                 return True
+            sock = self._sock
             self._depth = 1
             try:
-                sock = self._sock
-                if sock is not None and self._since_ack_read < self._ack_every:
+                if sock is not None and self._retained_bytes < self._ack_at:
                     # The common case, inlined: a connection, no acks to read yet.
                     try:
                         sock.sendall(frame)
                     except OSError:
-                        ok = self._send_locked(frame)  # the listener went: the slow path
+                        # The listener went (or is stuck): this connection is done, as in
+                        # _send_locked; a partial frame must not be followed by more bytes.
+                        self._read_acks(sock)
+                        self._sock = None
+                        sock.close()
+                        ok = self._send_locked(frame)  # reconnects and resends
                     else:
                         self._retained.append(frame)
-                        n = len(frame)
-                        self._retained_bytes += n
-                        self._since_ack_read += n
-                        self._outage_deadline = None
+                        self._retained_bytes += len(frame)
+                        self._outage_deadline = None  # a record written: no outage
                         ok = True
                 else:
                     ok = self._send_locked(frame)
-                pending = self._pending
-                while pending:
-                    while pending:
-                        self._send_locked(pending.popleft())
-                    self._depth = 0
-                    if not pending:  # nothing queued after the last check
-                        break
-                    self._depth = 1
+                if self._pending:
+                    self._send_pending()
             finally:
                 self._depth = 0
             return ok
+        finally:
+            lock.release()
+
+    def _send_pending(self) -> None:
+        # Frames that re-entrant calls queued while this thread was writing (depth 1).
+        pending = self._pending
+        while pending:
+            while pending:
+                self._send_locked(pending.popleft())
+            self._depth = 0
+            if not pending:  # nothing queued after the last check
+                break
+            self._depth = 1
 
     def _send_locked(self, frame: bytes) -> bool:
         while True:
@@ -435,12 +489,9 @@ class IntakeClient:
                 else:
                     self._outage_deadline = None
                     self._retained.append(frame)
-                    n = len(frame)
-                    self._retained_bytes += n
-                    self._since_ack_read += n
-                    if self._since_ack_read >= self._ack_every:
-                        self._since_ack_read = 0
-                        self._read_acks(sock)
+                    self._retained_bytes += len(frame)
+                    if self._retained_bytes >= self._ack_at:
+                        self._read_acks_or_wait(sock)
                     return True
             now = time.monotonic()
             if self._outage_deadline is None:

@@ -139,7 +139,7 @@ class QueueHandler(logging.handlers.QueueHandler):
         try:
             if type(self)._plain:
                 q = self.queue
-                q.send(encode_pickle(record) if q.relay else encode(record))
+                q.send(encode_pickle(record) if q.relay else encode(record), record.process)
             else:
                 self.enqueue(self.prepare(record))
         except Exception:
@@ -158,7 +158,7 @@ class QueueHandler(logging.handlers.QueueHandler):
             # The common shape, in one call: no filter, no overridden emit or hooks.
             try:
                 q = self.queue
-                q.send(encode_pickle(record) if q.relay else encode(record))
+                q.send(encode_pickle(record) if q.relay else encode(record), record.process)
             except Exception:
                 self.handleError(record)
             return record

@@ -288,3 +288,73 @@ def test_records_a_raising_handler_took_are_counted_as_dropped(receiver, start_p
     assert st["handler_errors"] >= 1
     assert st["dropped"] >= 50 - st["sent"] - st["buffered"], st
     assert st["dropped"] >= 1
+
+
+def test_a_worker_far_ahead_of_its_acknowledgements_waits_for_them(tmp_path) -> None:
+    # A listener that reads every record at once but acknowledges none (handlers slower
+    # than its reads): the worker must not run further ahead than RETAIN_WAIT bytes, or
+    # what it keeps for a resend would outgrow RETAIN_MAX and be dropped. The call that
+    # crosses the bound waits, and returns as soon as the acknowledgement comes.
+    from mplog._intake import ACK, ACK_READ_BYTES, GREETING, MODE_RECORD, RETAIN_WAIT
+
+    path = str(tmp_path / "slow.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(4)
+    frame = encode_pickle(logging.LogRecord("ahead", 20, "", 0, "x" * 4000, None, None))
+    got = {"bytes": 0}
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn = srv.accept()[0]
+        conns.append(conn)
+        conn.sendall(GREETING + MODE_RECORD)
+        conn.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                chunk = conn.recv(1 << 20)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return
+            got["bytes"] += len(chunk)
+
+    reader = threading.Thread(target=serve)
+    reader.start()
+    client = IntakeClient(path, send_timeout=30.0)
+    returned = {"n": 0, "last": 0.0}
+    total = RETAIN_WAIT * 3 // 2 // len(frame)  # after the ack, less than RETAIN_WAIT more
+
+    def write() -> None:
+        for _ in range(total):
+            client.send(frame)
+            returned["n"] += 1
+            returned["last"] = time.monotonic()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        hello = len(HELLO)
+        # Blocked: the listener has one frame more than the writer's returned calls (the
+        # waiting call wrote its frame, then waits for the acknowledgement).
+        wait_until(lambda: got["bytes"] - hello == (returned["n"] + 1) * len(frame)
+                   and client._retained_bytes > RETAIN_WAIT, 20, "the writer to wait")
+        ahead = client._retained_bytes
+        assert RETAIN_WAIT < ahead <= RETAIN_WAIT + ACK_READ_BYTES + len(frame)
+        n_blocked = returned["n"]
+        released = time.monotonic()
+        conns[0].sendall(ACK.pack(n_blocked + 1))  # every frame so far handled
+        wait_until(lambda: returned["n"] > n_blocked, 5, "the wait to end at the ack")
+        assert returned["last"] - released < 2.0
+        writer.join(30)
+        assert not writer.is_alive()
+        assert returned["n"] == total
+    finally:
+        stop.set()
+        client.close()
+        writer.join(30)
+        reader.join(5)
+        for c in conns:
+            c.close()
+        srv.close()

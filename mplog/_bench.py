@@ -11,14 +11,18 @@ four setups deliver the same records, ``logger.info("request %d handled in %.3f 
 
 The receiver is its own process: it reads the stdlib wire (4-byte length + pickle) and
 counts frames without unpickling, so it costs every setup the same, and little. Workers
-are forked from a forkserver (the default start method from Python 3.14) and wait on one
-start event, so start-up is not timed.
+are forked from a forkserver (the default start method from Python 3.14); each logs one
+warm-up record, and once every warm-up record is at the receiver (every connection is up,
+mplog's probation of a new connection's first record is over) they start on one event, so
+start-up is not timed. The setups run once per round (3 rounds by default, the order
+rotated each round); the report shows medians, and each ratio is the median of the
+rounds' own ratios.
 
 Part 2, the collector (``--no-collector`` skips it; ``--collector-only`` runs only it):
 pre-built frames of the same record blasted over one TCP connection at ``mplog serve``
 (mplog wire with acks and de-duplication, HMAC off and on; the stdlib wire) and at rsyslog
 ``imtcp`` -> ``omfile`` when rsyslogd is installed; the clock stops when the output file
-holds every line; median of 3 runs.
+holds every line; median of 3 runs, interleaved (run k of every receiver, then run k + 1).
 
 Rules this module keeps:
 
@@ -85,6 +89,10 @@ QUICK_RECORDS_PER_WORKER = 2_000
 COLLECTOR_RECORDS = 300_000  # issue 12
 QUICK_COLLECTOR_RECORDS = 20_000
 COLLECTOR_RUNS = 3
+#: Rounds of the pipeline part: every setup once per round, the order rotated each round;
+#: the tables show medians, and each ratio is the median of the rounds' own ratios (a
+#: shared machine's slow spells then hit both sides of a ratio, or one round of three).
+ROUNDS = 3
 #: The listener's memory goal (issue 12): this much plus the handler's configured buffer.
 RSS_GOAL_MIB = 30
 BEGIN_MARKER = (
@@ -112,6 +120,7 @@ class BenchConfig:
     collector: bool = True
     collector_records: int = COLLECTOR_RECORDS
     collector_runs: int = COLLECTOR_RUNS
+    rounds: int = ROUNDS
     spool: bool = False
     timeout: float = 0.0  # per setup; 0: derived from the number of records
     out: str | None = None
@@ -124,17 +133,19 @@ class BenchConfig:
         *, quick: bool = False, sizes: Sequence[int] | None = None, records: int | None = None,
         collector: bool = True, spool: bool = False, timeout: float | None = None,
         out: str | None = None, plot: str | None = None, json_out: str | None = None,
-        command: str = "mplog bench", pipeline: bool = True,
+        command: str = "mplog bench", pipeline: bool = True, rounds: int | None = None,
     ) -> BenchConfig:
-        """The configuration for these options (``quick``: 4 workers, few records, 1 run;
-        ``pipeline=False``: the collector part only)."""
+        """The configuration for these options (``quick``: 4 workers, few records, 1 round
+        and 1 collector run; ``pipeline=False``: the collector part only; ``rounds``:
+        pipeline rounds and collector runs both)."""
         chosen = tuple(sizes) if sizes else (QUICK_SIZES if quick else SIZES)
         if records is None:
             records = QUICK_RECORDS_PER_WORKER * max(chosen) if quick else RECORDS
         return BenchConfig(
             sizes=chosen, records=records, pipeline=pipeline, collector=collector,
             collector_records=QUICK_COLLECTOR_RECORDS if quick else COLLECTOR_RECORDS,
-            collector_runs=1 if quick else COLLECTOR_RUNS, spool=spool,
+            collector_runs=rounds or (1 if quick else COLLECTOR_RUNS),
+            rounds=rounds or (1 if quick else ROUNDS), spool=spool,
             timeout=timeout or 0.0, out=out, plot=plot, json_out=json_out, command=command,
         )
 
@@ -152,6 +163,8 @@ def check_usage(cfg: BenchConfig) -> None:
     for size in cfg.sizes:
         if not 1 <= size <= 1024:
             raise UsageError(f"worker counts must be 1-1024, got {size}")
+    if not 1 <= cfg.rounds <= 20:
+        raise UsageError(f"--rounds must be 1-20, got {cfg.rounds}")
     if cfg.records < max(cfg.sizes):
         raise UsageError(f"--records {cfg.records} is fewer than one per worker")
     for opt, path in (("--out", cfg.out), ("--plot", cfg.plot), ("--json", cfg.json_out)):
@@ -322,6 +335,9 @@ def _worker(kind: str, arg: Any, n: int, *, wait_s: float, ready: Any, go: Any, 
         h.setFormatter(logging.Formatter(FMT))
         root.addHandler(h)
     log = logging.getLogger("bench")
+    # Before the clock: one record, so every connection on its way is up (a lazy connect,
+    # and mplog's probation of a new connection's first record, are start-up, untimed).
+    log.info(MESSAGE, -1, 0.0)
     ready.put(os.getpid())
     if not go.wait(wait_s):  # the bench gave up on this setup
         os._exit(3)
@@ -365,6 +381,7 @@ class Result:
     rss_mib: float | None = None
     connections: int | None = None
     error: str | None = None
+    round: int = 0
 
     def summary(self) -> str:
         if self.error:
@@ -473,7 +490,9 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
                 raise _SetupFailed(f"{name} exited with status {p.exitcode}")
 
     if kind != "fmt-only":
-        rcv = ctx.Process(target=_receiver_main, args=(port_q, total, done_q, counter, release),
+        # Every worker's warm-up record (see _worker), then the timed ones.
+        rcv = ctx.Process(target=_receiver_main,
+                          args=(port_q, total + nworkers, done_q, counter, release),
                           daemon=True)
         rcv.start()
         owned.procs.append(("the receiver", rcv))
@@ -509,6 +528,12 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
     for k in range(nworkers):
         _get(ready, deadline, alive, f"workers to start ({k} of {nworkers} ready)")
         progress.update(0.0, f"{k + 1}/{nworkers} workers ready")
+    while rcv is not None and counter.value < nworkers:  # the warm-up records: not timed
+        alive()
+        if time.monotonic() > deadline:
+            raise _SetupFailed(f"timed out: {counter.value} of {nworkers} warm-up records "
+                               "at the receiver")
+        time.sleep(0.005)  # polling a shared counter: nothing to block on
     extra = [p for p in (listener_pid, rcv.pid if rcv else None) if p]
     lst = psutil.Process(listener_pid) if listener_pid else None
     base = {p: _cpu(p) for p in extra}
@@ -528,15 +553,15 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
         if rcv is not None and t_end is None:
             with contextlib.suppress(queue.Empty):
                 t_end, connections = done_q.get(timeout=0.02)
-            done = counter.value / total
+            done = (counter.value - nworkers) / total
         else:
             time.sleep(0.02)  # polling the workers' results: nothing to block on
             done = len(results) / nworkers
-        progress.update(done, f"{counter.value:,} of {total:,} records" if rcv else
+        progress.update(done, f"{counter.value - nworkers:,} of {total:,} records" if rcv else
                         f"{len(results)} of {nworkers} workers done")
         alive()
         if time.monotonic() > deadline:
-            got = f"{counter.value:,} of {total:,} records at the receiver" if rcv else (
+            got = f"{counter.value - nworkers:,} of {total:,} records at the receiver" if rcv else (
                 f"{len(results)} of {nworkers} workers done")
             raise _SetupFailed(f"timed out after {timeout:g} s ({got})")
     t_stop = t_end if t_end is not None else time.monotonic()
@@ -561,19 +586,54 @@ def _measure(ctx: Any, kind: str, nworkers: int, *, per: int, timeout: float, de
 
 
 def run_pipeline(cfg: BenchConfig, progress: Progress) -> list[Result]:
-    """Part 1: every setup at every N, in order (N outer, so each N is compared in one go)."""
+    """Part 1: every setup at every N, each once per round (N outer, so each N is compared
+    in one go; the setups' order rotated each round). One Result per setup, N and round."""
     ctx = mp.get_context("forkserver")
     # The forkserver imports this module once; each worker is then a cheap fork of it.
     ctx.set_forkserver_preload(["mplog._bench"])
     out = []
+    kinds = setups(cfg)
+    for n in cfg.sizes:
+        for rnd in range(cfg.rounds):
+            for kind in kinds[rnd % len(kinds):] + kinds[: rnd % len(kinds)]:
+                per = cfg.records // n
+                of = f", round {rnd + 1}/{cfg.rounds}" if cfg.rounds > 1 else ""
+                progress.begin(f"{kind}, N={n}, {per * n:,} records{of}")
+                r = _run_setup(ctx, kind, n, total=cfg.records,
+                               timeout=cfg.setup_timeout(cfg.records), progress=progress)
+                r.round = rnd
+                progress.end(r.summary())
+                out.append(r)
+    return out
+
+
+def combine(rounds: list[Result], cfg: BenchConfig) -> list[Result]:
+    """One Result per setup and N: the median of its rounds (peak RSS: the largest), or the
+    first failure if any round failed (a failure is shown, never averaged away)."""
+    out = []
     for n in cfg.sizes:
         for kind in setups(cfg):
-            per = cfg.records // n
-            progress.begin(f"{kind}, N={n}, {per * n:,} records")
-            r = _run_setup(ctx, kind, n, total=cfg.records,
-                           timeout=cfg.setup_timeout(cfg.records), progress=progress)
-            progress.end(r.summary())
-            out.append(r)
+            mine = [r for r in rounds if r.setup == kind and r.workers == n]
+            if not mine:
+                continue
+            failed = [r for r in mine if r.error]
+            if failed:
+                first = failed[0]
+                note = f" (round {first.round + 1})" if cfg.rounds > 1 else ""
+                out.append(Result(kind, n, first.records, error=f"{first.error}{note}"))
+                continue
+
+            def med(attr: str, rs: list[Result] = mine) -> float | None:
+                vals = [getattr(r, attr) for r in rs if getattr(r, attr) is not None]
+                return statistics.median(vals) if vals else None
+
+            rss = [r.rss_mib for r in mine if r.rss_mib is not None]
+            conns = [r.connections for r in mine if r.connections is not None]
+            out.append(Result(
+                kind, n, mine[0].records, rate=med("rate"), worker_us=med("worker_us"),
+                total_us=med("total_us"), listener_us=med("listener_us"),
+                rss_mib=max(rss) if rss else None, connections=max(conns) if conns else None,
+            ))
     return out
 
 
@@ -793,6 +853,7 @@ class CollectorResult:
 
     receiver: str
     wire: str
+    kind: str = ""
     frame_bytes: float = 0.0
     rates: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
@@ -901,17 +962,22 @@ def run_collector(cfg: BenchConfig, progress: Progress) -> tuple[list[CollectorR
             if rsyslogd is None:
                 continue
             receiver = f"{_rsyslog_version(rsyslogd)} imtcp -> omfile"
-        res = CollectorResult(receiver, wire)
-        results.append(res)
-        made: _Frames | None = None
-        for run in range(cfg.collector_runs):
-            progress.begin(f"{receiver}, {wire}, {n:,} records, run {run + 1}/{cfg.collector_runs}")
+        results.append(CollectorResult(receiver, wire, kind))
+    made: dict[str, _Frames] = {}
+    # Interleaved: run k of every receiver, then run k + 1, so a slow spell of a shared
+    # machine falls on every receiver's run k alike, and ratios are taken per run.
+    for run in range(cfg.collector_runs):
+        for res in results:
+            if res.error:
+                continue  # it failed in an earlier run: its row says so
+            progress.begin(f"{res.receiver}, {res.wire}, {n:,} records, "
+                           f"run {run + 1}/{cfg.collector_runs}")
             try:
                 with tempfile.TemporaryDirectory(prefix="mplog-bench-") as d:
                     workdir = pathlib.Path(d)
-                    made = made or _Frames(kind, n)
+                    frames = made.get(res.kind) or made.setdefault(res.kind, _Frames(res.kind, n))
                     rate, cpu, res.frame_bytes = _collector_run(
-                        kind, made, workdir=workdir, timeout=timeout, progress=progress)
+                        res.kind, frames, workdir=workdir, timeout=timeout, progress=progress)
                 res.rates.append(rate)
                 res.cpu_us.append(cpu)
                 progress.end(f"{rate:,.0f} rec/s, receiver {cpu:.2f} µs/rec")
@@ -919,8 +985,26 @@ def run_collector(cfg: BenchConfig, progress: Progress) -> tuple[list[CollectorR
                 res.error = str(exc) if isinstance(exc, _SetupFailed) else (
                     f"{type(exc).__name__}: {exc}")
                 progress.end(f"failed: {res.error}")
-                break
     return results, note
+
+
+def collector_ratio_rows(collector: list[CollectorResult]) -> list[str]:
+    """``mplog serve`` / rsyslog, records/s, per wire: the median of the runs' own ratios."""
+    base = next((c for c in collector if c.kind == "rsyslog" and not c.error), None)
+    rows = []
+    for c in collector:
+        if c.kind == "rsyslog":
+            continue
+        what = f"{c.receiver} / rsyslog, {c.wire}"
+        values = ([a / b for a, b in zip(c.rates, base.rates, strict=False) if b]
+                  if base is not None and not c.error else [])
+        if not values:
+            why = "rsyslog not measured" if base is None else (c.error or "no run")
+            rows.append(f"| {what} | ≥ 1.0{TIMES} | - | not measured: {_md(why)} |")
+            continue
+        verdict = "met" if statistics.median(values) >= 1.0 else "**missed**"
+        rows.append(f"| {what} | ≥ 1.0{TIMES} | {_shown_ratio(values)} | {verdict} |")
+    return rows
 
 
 class _Frames:
@@ -980,52 +1064,79 @@ def buffer_bytes_default() -> int:
     return int(default)
 
 
-def _ratio_rows(results: list[Result], sizes: Sequence[int]) -> list[str]:
+def paired_ratios(rounds: Sequence[Result], a: str, b: str, attr: str,
+                  match: Callable[[Result], bool] = lambda r: True) -> list[float]:
+    """``a / b`` of *attr* (setups *a* and *b*) within each round that measured both, in
+    round order."""
+    per: dict[int, dict[str, float]] = {}
+    for r in rounds:
+        value = getattr(r, attr)
+        if match(r) and not r.error and value is not None and r.setup in (a, b):
+            per.setdefault(r.round, {})[r.setup] = value
+    return [v[a] / v[b] for _, v in sorted(per.items()) if a in v and v.get(b)]
+
+
+def _shown_ratio(values: list[float]) -> str:
+    """The median, and the range when there is more than one round."""
+    text = f"{statistics.median(values):.2f}{TIMES}"
+    if len(values) > 1:
+        text += f" ({min(values):.2f}-{max(values):.2f})"
+    return text
+
+
+def _ratio_rows(results: list[Result], rounds: list[Result], sizes: Sequence[int]) -> list[str]:
     by = {(r.setup, r.workers): r for r in results}
     buf_mib = buffer_bytes_default() / 2**20
     rows = []
 
-    def row(n: int, what: str, goal: str, value: float | None, *, unit: str,
+    def row(n: int, what: str, goal: str, value: list[float] | float | None, *, unit: str,
             ok: Callable[[float], bool], why: str) -> None:
-        if value is None:
+        if not value:
             rows.append(f"| {n} | {what} | {goal} | - | not measured: {why} |")
             return
-        shown = f"{value:.2f}{TIMES}" if unit == "x" else f"{value:.1f} MiB"
-        rows.append(f"| {n} | {what} | {goal} | {shown} | {'met' if ok(value) else '**missed**'} |")
+        if isinstance(value, list):
+            shown, mid = _shown_ratio(value), statistics.median(value)
+        else:
+            shown, mid = f"{value:.1f} MiB", value
+        rows.append(f"| {n} | {what} | {goal} | {shown} | {'met' if ok(mid) else '**missed**'} |")
 
     def get(setup: str, n: int, attr: str) -> float | None:
         r = by.get((setup, n))
         return None if r is None or r.error else getattr(r, attr)
 
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
+    def ratio(a: str, b: str, n: int, attr: str) -> list[float]:
+        if get(a, n, attr) is None or get(b, n, attr) is None:
+            return []  # a failed round fails the setup (see combine)
+        return paired_ratios(rounds, a, b, attr, lambda r: r.workers == n)
 
     for n in sizes:
         failed = ", ".join(s for s in SETUPS if (r := by.get((s, n))) and r.error) or "-"
         why = f"{failed} failed"
         row(n, "throughput, mplog / per-process SocketHandler", f"≥ 1.0{TIMES}",
-            ratio(get("mplog", n, "rate"), get("per-proc", n, "rate")), unit="x",
-            ok=lambda v: v >= 1.0, why=why)
+            ratio("mplog", "per-proc", n, "rate"), unit="x", ok=lambda v: v >= 1.0, why=why)
         row(n, "throughput, mplog / cookbook", f"≥ 4{TIMES}",
-            ratio(get("mplog", n, "rate"), get("cookbook", n, "rate")), unit="x",
-            ok=lambda v: v >= 4.0, why=why)
+            ratio("mplog", "cookbook", n, "rate"), unit="x", ok=lambda v: v >= 4.0, why=why)
         row(n, "total CPU per record, mplog / per-process", f"≤ 1.0{TIMES}",
-            ratio(get("mplog", n, "total_us"), get("per-proc", n, "total_us")), unit="x",
-            ok=lambda v: v <= 1.0, why=why)
+            ratio("mplog", "per-proc", n, "total_us"), unit="x", ok=lambda v: v <= 1.0,
+            why=why)
         row(n, "worker CPU per call, mplog / fmt-only floor", f"≤ 1.0{TIMES}",
-            ratio(get("mplog", n, "worker_us"), get("fmt-only", n, "worker_us")), unit="x",
-            ok=lambda v: v <= 1.0, why=why)
+            ratio("mplog", "fmt-only", n, "worker_us"), unit="x", ok=lambda v: v <= 1.0,
+            why=why)
         row(n, "mplog listener peak RSS", f"≤ {RSS_GOAL_MIB} MiB + buffer ({buf_mib:g} MiB)",
             get("mplog", n, "rss_mib"), unit="MiB", ok=lambda v: v <= RSS_GOAL_MIB + buf_mib,
             why=why)
     return rows
 
 
-def _pipeline_lines(cfg: BenchConfig, results: list[Result]) -> list[str]:
+def _pipeline_lines(cfg: BenchConfig, results: list[Result], rounds: list[Result]) -> list[str]:
+    how = ("1 round" if cfg.rounds == 1 else
+           f"{cfg.rounds} rounds, the setups' order rotated each round; medians (peak RSS: "
+           "the largest), and each ratio is the median of the rounds' own ratios (range in "
+           "brackets)")
     lines = [
         f"- **Records**: {cfg.records:,} per run in all, "
         f'`logger.info("{MESSAGE}", i, x)`; workers forked from a forkserver, '
-        "timed from one start event",
+        f"timed from one start event; {how}",
         "",
         "### Side by side",
         "",
@@ -1051,15 +1162,17 @@ def _pipeline_lines(cfg: BenchConfig, results: list[Result]) -> list[str]:
         "",
         "| N | measure | goal | measured | |",
         "|---:|---|---|---:|---|",
-        *_ratio_rows(results, cfg.sizes),
+        *_ratio_rows(results, rounds, cfg.sizes),
     ]
     return lines
 
 
-def render(cfg: BenchConfig, results: list[Result], collector: list[CollectorResult] | None,
+def render(cfg: BenchConfig, rounds: list[Result], collector: list[CollectorResult] | None,
            *, collector_note: str, machine: str, started: datetime.datetime,
            elapsed: float) -> str:
-    """The markdown report, between (and including) the two markers."""
+    """The markdown report, between (and including) the two markers; *rounds*: what
+    :func:`run_pipeline` returned."""
+    results = combine(rounds, cfg)
     lines = [BEGIN_MARKER, "", "## Results", ""]
     lines += [
         f"- **Command**: `{cfg.command}` ({elapsed:.0f} s)",
@@ -1069,7 +1182,7 @@ def render(cfg: BenchConfig, results: list[Result], collector: list[CollectorRes
         f"mplog {mplog.__version__}",
     ]
     if cfg.pipeline:
-        lines += _pipeline_lines(cfg, results)
+        lines += _pipeline_lines(cfg, results, rounds)
     else:
         lines += ["", "The pipeline part was not run (`--collector-only`)."]
     if collector is not None:
@@ -1096,6 +1209,11 @@ def render(cfg: BenchConfig, results: list[Result], collector: list[CollectorRes
                 f"| {statistics.median(c.rates):,.0f} | {min(c.rates):,.0f}-{max(c.rates):,.0f} "
                 f"| {statistics.median(c.cpu_us):.2f} |"
             )
+        ratio_rows = collector_ratio_rows(collector)
+        if ratio_rows:
+            lines += ["", "Records/s against rsyslog, run by run (runs interleaved: run k of "
+                      "every receiver, then run k + 1):", "",
+                      "| measure | goal | measured | |", "|---|---|---:|---|", *ratio_rows]
         if collector_note:
             lines += ["", collector_note]
     else:
@@ -1185,18 +1303,19 @@ def main(cfg: BenchConfig) -> int:
 def _main(cfg: BenchConfig) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
-    steps = len(cfg.sizes) * len(setups(cfg)) if cfg.pipeline else 0
+    steps = len(cfg.sizes) * len(setups(cfg)) * cfg.rounds if cfg.pipeline else 0
     if cfg.collector:
         steps += cfg.collector_runs * (len(COLLECTOR_SETUPS) - (0 if rsyslogd_path() else 1))
     progress = Progress(sys.stderr, steps)
     machine = _machine()
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()
-    results = run_pipeline(cfg, progress) if cfg.pipeline else []
+    rounds = run_pipeline(cfg, progress) if cfg.pipeline else []
+    results = combine(rounds, cfg)
     collector, note = run_collector(cfg, progress) if cfg.collector else (None, "")
     if note:
         progress.note(note)
-    report = render(cfg, results, collector, collector_note=note, machine=machine,
+    report = render(cfg, rounds, collector, collector_note=note, machine=machine,
                     started=started, elapsed=time.monotonic() - t0)
     if cfg.out:
         write_report(cfg.out, report)
@@ -1209,6 +1328,7 @@ def _main(cfg: BenchConfig) -> int:
         progress.note(f"chart written to {cfg.plot}")
     if cfg.json_out:
         data = {"pipeline": [r.__dict__ for r in results],
+                "pipeline_rounds": [r.__dict__ for r in rounds],
                 "collector": [c.__dict__ for c in collector or []]}
         pathlib.Path(cfg.json_out).write_text(json.dumps(data, indent=2) + "\n")
     failed = [r for r in results if r.error] + [c for c in collector or [] if c.error]

@@ -102,7 +102,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "in FILE.md between the mplog bench markers (the rest of an existing file is kept).",
     )
     bench.add_argument("--quick", action="store_true",
-                       help="N = 4 only, 2,000 records per worker, one collector run")
+                       help="N = 4 only, 2,000 records per worker, one round, one collector run")
     bench.add_argument("--out", metavar="FILE.md", help="write the markdown report to FILE.md")
     bench.add_argument("--plot", metavar="FILE.png",
                        help="also draw records/s as a bar chart (needs matplotlib)")
@@ -113,6 +113,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bench.add_argument("--sizes", type=lambda text: [_positive(x) for x in text.split(",")],
                        metavar="N,N,...", help="worker counts (default 4,16,64; --quick: 4)")
     bench.add_argument("--records", type=_positive, help="records per run, all workers together")
+    bench.add_argument("--rounds", type=_positive, metavar="R",
+                       help="rounds of every setup, order rotated each round; also the "
+                       "collector's runs per receiver (default 3; --quick: 1)")
     bench.add_argument("--spool", action="store_true",
                        help='also run mplog with spool_mode="all" (every record on disk)')
     bench.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -128,7 +131,7 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> int:
     cfg = _bench.BenchConfig.make(
         quick=args.quick, sizes=args.sizes, records=args.records,
         collector=not args.no_collector, pipeline=not args.collector_only,
-        spool=args.spool, timeout=args.timeout,
+        spool=args.spool, timeout=args.timeout, rounds=args.rounds,
         out=args.out, plot=args.plot, json_out=args.json,
         command=shlex.join(["mplog", *(sys.argv[1:] if argv is None else argv)]),
     )

@@ -172,7 +172,7 @@ def test_killed_mid_run_leaves_nothing(tmp_path: pathlib.Path, sig: signal.Signa
     try:
         # Mid-run: the first setup's 16 workers, its listener and its receiver are up.
         wait_until(lambda: len(_left_behind(token)) >= 18, 120, "the first setup's processes")
-        assert "[1/4] mplog, N=16" in err.read_text()
+        assert "[1/12] mplog, N=16" in err.read_text()  # 4 setups x 3 rounds
         proc.send_signal(sig)
         rc = proc.wait(60)
     finally:
@@ -192,6 +192,8 @@ def test_killed_mid_run_leaves_nothing(tmp_path: pathlib.Path, sig: signal.Signa
         (["--timeout", "-1"], "--timeout must be a positive number"),
         (["--sizes", "2000"], "worker counts must be 1-1024"),
         (["--sizes", "8", "--records", "4"], "fewer than one per worker"),
+        (["--rounds", "21"], "--rounds must be 1-20"),
+        (["--rounds", "0"], "must be at least 1"),
         (["--out", "/nonexistent-dir/x.md"], "does not exist"),
         (["--plot", "/nonexistent-dir/x.png"], "does not exist"),
         (["--no-such-flag"], "unrecognized arguments"),
@@ -233,7 +235,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path: pathlib.Path) -> N
 def test_help_lists_the_options() -> None:
     proc, _ = _bench("--help", timeout=60)
     assert proc.returncode == 0
-    for opt in ("--quick", "--out FILE.md", "--plot FILE.png", "--no-collector"):
+    for opt in ("--quick", "--out FILE.md", "--plot FILE.png", "--no-collector", "--rounds R"):
         assert opt in proc.stdout
 
 
@@ -245,3 +247,37 @@ def test_the_old_script_is_the_same_program() -> None:
     bad = subprocess.run([sys.executable, "benchmarks/bench_pipeline.py", "--sizes", "0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "must be at least 1" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_rounds_interleave_the_setups_and_report_medians_and_ranges(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "bench.md"
+    proc, token = _bench("--quick", "--no-collector", "--rounds", "2", "--records", "2000",
+                         "--out", str(out), "--json", str(tmp_path / "b.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _no_process_left(token)
+    # Every setup twice; round 2 starts with the second setup (the order rotates).
+    begun = re.findall(r"^\[\d+/8\] (\S+), N=4, 2,000 records, round (\d)/2 \.\.\.$",
+                       proc.stderr, re.M)
+    assert begun == [(s, "1") for s in SETUPS] + [(s, "2") for s in SETUPS[1:] + SETUPS[:1]], proc.stderr
+    md = out.read_text()
+    assert "2 rounds, the setups' order rotated each round" in md
+    import json
+
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(data["pipeline_rounds"]) == 8 and len(data["pipeline"]) == 4
+    rows = {r[0]: r for r in _table_rows(md, "### Side by side")}
+    for r in data["pipeline"]:  # the table shows the medians of the two rounds
+        two = [x for x in data["pipeline_rounds"] if x["setup"] == r["setup"]]
+        mid = (two[0]["worker_us"] + two[1]["worker_us"]) / 2
+        assert abs(r["worker_us"] - mid) < 1e-9
+        assert rows[r["setup"]][3] == f"{mid:.2f}"
+    ratios = _table_rows(md, "### Ratios against the goals")
+    for _n, what, _goal, measured, _verdict in ratios:
+        if "RSS" in what:
+            continue
+        m = re.fullmatch(f"({NUM})\u00d7 \\(({NUM})-({NUM})\\)", measured)
+        assert m, measured
+        mid, lo, hi = (float(x) for x in m.groups())
+        assert lo <= mid <= hi

@@ -60,6 +60,22 @@ def _seq(records: list[dict[str, Any]], tag: str) -> list[int]:
     return [r["i"] for r in records if r.get("tag") == tag]
 
 
+def _in_order_but_one_replay(seq: list[int], tag: str) -> None:
+    """*seq* is in order, except that one block may come twice: records the listener
+    handled in the moment between handling them and acknowledging them, when it was
+    killed, are written again by their worker (docs/architecture.md says so). On an
+    overloaded machine that moment can last a hundred milliseconds of a trickle. Anything
+    else (a second replay, a record out of order, an acknowledged record resent) fails."""
+    back = [k for k in range(1, len(seq)) if seq[k] <= seq[k - 1]]
+    assert len(back) <= 1, f"{tag}: more than one replay or out of order at {back[:5]}"
+    parts = [seq[: back[0]], seq[back[0] :]] if back else [seq]
+    for part in parts:
+        assert part == sorted(set(part)), f"{tag}: duplicated or out of order"
+    if back:
+        before, after = parts
+        assert after[0] in before, f"{tag}: the replay starts at a record never delivered"
+
+
 def _ours(receiver: Receiver) -> list[dict[str, Any]]:
     return [r for r in receiver.records() if r["name"] == LOGGER]
 
@@ -312,7 +328,7 @@ def test_listener_sigkilled_is_restarted(receiver: Receiver, start_pipeline) -> 
     assert _seq(recs, "after") == list(range(100))
     for tag, start, count in (("bg", w_from, w_count.value), ("mt", m_from, m_count.value)):
         seq = _seq(recs, tag)
-        assert seq == sorted(set(seq)), f"{tag}: duplicated or out of order"
+        _in_order_but_one_replay(seq, tag)
         assert done[f"{tag}-done"] == count
         missing = sorted(set(range(start, count)) - set(seq))
         assert not missing, f"{tag}: records logged after the restart were lost: {missing[:10]}"

@@ -32,6 +32,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -44,8 +45,9 @@ import ssl
 import sys
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from ._errors import ConfigError, ProtocolError
 from ._framing import REFUSAL_PREFIX, FrameSplitter
@@ -62,6 +64,7 @@ from ._wires.mplog import (
     MAGIC,
     MIN_FRAME_LIMIT,
     NONCE_SIZE,
+    UNSENT_KEYS,
     Close,
     Hello,
     Record,
@@ -107,7 +110,8 @@ REFUSAL_REASONS: tuple[str, ...] = (
     "protocol",  # any other mplog-wire protocol violation
     "slow_reader",  # more than MAX_OUTBOUND bytes of answers left unread
 )
-_DROP = ("args", "exc_info", "message")
+#: The keys _clean drops: the ones today's senders no longer send (older ones do).
+_DROP = UNSENT_KEYS
 #: The collector's own footprint with no connection: the interpreter, mplog, a selector,
 #: and the transient objects of decoding one read (MAX_ITEMS objects at most).
 BASE_MEMORY = 96 * 1024 * 1024
@@ -322,6 +326,60 @@ def _passthrough(body: bytes) -> bytes | None:
     if not rec.keys().isdisjoint(_FAST_REFUSED_KEYS):
         return None
     return _cut_members(body, rec) if flat else None
+
+
+def _passthrough_batch(bodies: list[bytes]) -> list[bytes | None] | None:
+    """:func:`_passthrough` of each of *bodies* (one read's records), with one
+    validating parse for all of them instead of one each; or None when the bodies do not
+    meet the conditions below (then each takes :func:`_passthrough`).
+
+    The conditions: each body starts with ``{``, ends with ``}`` and is at most
+    _FAST_MAX_BYTES long; together they are ASCII, hold no line break, no ``[`` and
+    exactly one ``{`` per body. Then ``[B1<TAB>,B2<TAB>,...,Bk]`` parses to a list whose
+    i-th element is what Bi alone parses to, and fails to parse if any Bi is not one
+    JSON object:
+
+    - No string spans two bodies: it would hold the raw tab of a separator, which JSON
+      refuses inside a string (tab is whitespace outside one). So each body is read as
+      it would be alone, and the ``{`` that starts it is a bracket, not string text.
+    - Those k brackets are all the ``{`` there are, and there is no ``[``: nothing is
+      nested. Body i's first bracket opens an object at the list's level; the first
+      ``}`` outside a string closes it. Were that before the body's last ``}`` (which
+      is outside a string too: a string cannot run into the separator or the end),
+      the text after it would have a ``}`` at the list's level, a syntax error. So the
+      object is exactly Bi's bytes, and the separator between two is the list's comma.
+
+    Same parser, same bytes per element: the same values, the same refusals (a body the
+    validator refuses fails the whole parse; the caller then tries each alone)."""
+    k = len(bodies)
+    arr = b"".join((b"[", b"\t,".join(bodies), b"]"))
+    if not (
+        arr.isascii() and b"\n" not in arr and b"\r" not in arr and arr.find(b"[", 1) < 0
+        and arr.count(b"{") == k and max(map(len, bodies)) <= _FAST_MAX_BYTES
+        and all(map(bytes.startswith, bodies, itertools.repeat(b"{", k)))
+        and all(map(bytes.endswith, bodies, itertools.repeat(b"}", k)))
+    ):
+        return None
+    try:
+        recs = _strict_loads(arr)
+    except ValueError:
+        return None
+    if type(recs) is not list or len(recs) != k:  # cannot be (see above): to be safe
+        return None
+    heads: list[bytes | None] = []
+    append = heads.append
+    plain, refused = _FAST_PLAIN_KEYS, _FAST_REFUSED_KEYS
+    for body, rec in zip(bodies, recs, strict=True):
+        # What _passthrough checks after its parse (a flat body: no depth to check).
+        if not (type(rec) is dict and rec and type(rec.get("msg", "")) is str):
+            append(None)
+        elif rec.keys().isdisjoint(plain):
+            append(body[:-1])
+        elif rec.keys().isdisjoint(refused):
+            append(_cut_members(body, rec))
+        else:
+            append(None)
+    return heads
 
 
 def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
@@ -558,18 +616,29 @@ class _Output:
             self._renamed or (self._size and self._size + len(self._pending[0]) > self.max_bytes)
         ):
             self._rotate()
-        count, size = 0, self._size - self._offset
-        for line in self._pending:
-            if count and self.max_bytes and size + len(line) > self.max_bytes:
-                break
-            count += 1
-            size += len(line)
+        count = len(self._pending)
+        if self.max_bytes:
+            size = self._size - self._offset
+            for i, line in enumerate(self._pending):
+                if i and size + len(line) > self.max_bytes:
+                    count = i
+                    break
+                size += len(line)
         data = memoryview(b"".join(self._pending[:count]))[self._offset :]
-        while data:
-            n = os.write(self._fd, data)
-            data = data[n:]
-            self._size += n
+        n = os.write(self._fd, data)
+        self._size += n
+        if n == len(data):  # the usual case: all of it at once
+            del self._pending[:count]
+            self.lines_written += count
+            self._offset = 0
+        else:
             self._consume(n)
+            data = data[n:]
+            while data:
+                n = os.write(self._fd, data)
+                data = data[n:]
+                self._size += n
+                self._consume(n)
         if self.fsync:
             self._unsynced = True
             os.fsync(self._fd)
@@ -1350,34 +1419,53 @@ class Collector:
         if seqs:
             sender = session.sender
             assert sender is not None
+            bodies = batch.bodies
+            heads = _passthrough_batch(bodies)
+            if heads is None:
+                heads = [_passthrough(body) for body in bodies]
+            # Refused as _mplog refuses it (the wire's words), duplicates included, and
+            # before anything of this read is written.
+            recs = {i: record_object(body) for i, (head, body)
+                    in enumerate(zip(heads, bodies, strict=True))
+                    if head is None} if None in heads else {}
             marks = self._out.last_seq.of(sender)
-            get = marks.get
+            n = len(seqs)
+            keep: list[int] | range
+            epoch = seqs[0] >> EPOCH_SHIFT
+            if seqs[-1] >> EPOCH_SHIFT == epoch:
+                # One spool epoch (the rule on a connection): the seqs increase, so the
+                # duplicates (up to the mark from before this read) are a prefix.
+                skip = bisect_right(seqs, marks.get(epoch, 0))
+                keep = range(skip, n)
+                advance = {epoch: seqs[-1]} if skip < n else {}
+            else:  # a connection whose records cross epochs: one by one
+                get = marks.get
+                keep, advance = [], {}
+                for i, seq in enumerate(seqs):
+                    epoch = seq >> EPOCH_SHIFT
+                    if seq > get(epoch, 0):
+                        advance[epoch] = seq
+                        keep.append(i)
+            self.stats["duplicates"] += n - len(keep)
             splice = conn.splice
-            passthrough = _passthrough
-            lines: list[bytes] = []
-            append = lines.append
-            advance: dict[int, int] = {}
-            duplicates = 0
-            for seq, body in zip(seqs, batch.bodies, strict=True):
-                head = passthrough(body)
-                # Refused as _mplog refuses it (the wire's words), duplicates included.
-                rec = record_object(body) if head is None else None
-                epoch = seq >> EPOCH_SHIFT
-                # Seqs increase along a connection: the marks from before this read
-                # are enough to tell a duplicate.
-                if seq <= get(epoch, 0):
-                    duplicates += 1
-                    continue
-                advance[epoch] = seq
-                if head is not None:
-                    append(b"%b%b%d}\n" % (head, splice, seq))
-                else:
-                    assert rec is not None
-                    row = self._row(rec)
-                    row["mplog_sender"] = sender
-                    row["mplog_seq"] = seq
-                    append(self._out.line(row))
-            self.stats["duplicates"] += duplicates
+            if not recs and isinstance(keep, range):
+                start = keep.start  # every head is bytes: no record to take slowly
+                lines = [b"%b%b%d}\n" % (head, splice, seq) for head, seq
+                         in zip(cast("list[bytes]", heads)[start:], seqs[start:], strict=True)]
+            else:
+                lines = []
+                append = lines.append
+                for i in keep:
+                    head = heads[i]
+                    if head is not None:
+                        append(b"%b%b%d}\n" % (head, splice, seqs[i]))
+                    else:
+                        row = self._row(recs[i])
+                        row["mplog_sender"] = sender
+                        row["mplog_seq"] = seqs[i]
+                        append(self._out.line(row))
+            # Written, or held to be written once the output works again (then not
+            # acknowledged until it is): either way a resend of these is a duplicate.
             written = self._write_lines(lines)
             marks.update(advance)
             top = seqs[-1]

@@ -58,6 +58,7 @@ __all__ = [
     "MIN_FRAME_LIMIT",
     "NONCE_SIZE",
     "SEQ_LIMIT",
+    "UNSENT_KEYS",
     "VERSION",
     "Ack",
     "ClientSession",
@@ -717,9 +718,20 @@ def _error_text(body: bytes) -> str:
 _record_encoder = json.JSONEncoder(separators=(",", ":"), default=repr)
 
 
+#: Keys of a record's ``__dict__`` a receiver drops (``docs/protocol.md``: ``args`` and
+#: ``exc_info`` "are absent or null"; ``message`` is ``msg`` again): not sent, so the
+#: collector has nothing to cut out of the bytes. Older senders send them (null, and
+#: the message); the collector drops them from those records, with the same result.
+UNSENT_KEYS = ("args", "exc_info", "message")
+
+
 def record_payload(seq: int, record: Mapping[str, Any]) -> bytes:
-    """The buffered payload of one record: its seq and its JSON object."""
-    return _SEQ.pack(seq) + _record_encoder.encode(dict(record)).encode("ascii")
+    """The buffered payload of one record: its seq and its JSON object (without the
+    :data:`UNSENT_KEYS`)."""
+    d = dict(record)
+    for key in UNSENT_KEYS:
+        d.pop(key, None)
+    return _SEQ.pack(seq) + _record_encoder.encode(d).encode("ascii")
 
 
 class MplogWire:

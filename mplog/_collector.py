@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import json
 import math
+import operator
 import os
 import pathlib
 import re
@@ -47,7 +48,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from ._errors import ConfigError, ProtocolError
 from ._framing import REFUSAL_PREFIX, FrameSplitter
@@ -328,7 +329,8 @@ def _passthrough(body: bytes) -> bytes | None:
     return _cut_members(body, rec) if flat else None
 
 
-def _passthrough_batch(bodies: list[bytes]) -> list[bytes | None] | None:
+def _passthrough_batch(bodies: list[bytes],
+                       recs: list[Any] | None = None) -> list[bytes | None] | None:
     """:func:`_passthrough` of each of *bodies* (one read's records), with one
     validating parse for all of them instead of one each; or None when the bodies do not
     meet the conditions below (then each takes :func:`_passthrough`).
@@ -351,21 +353,18 @@ def _passthrough_batch(bodies: list[bytes]) -> list[bytes | None] | None:
 
     Same parser, same bytes per element: the same values, the same refusals (a body the
     validator refuses fails the whole parse; the caller then tries each alone)."""
-    k = len(bodies)
-    arr = b"".join((b"[", b"\t,".join(bodies), b"]"))
-    if not (
-        arr.isascii() and b"\n" not in arr and b"\r" not in arr and arr.find(b"[", 1) < 0
-        and arr.count(b"{") == k and max(map(len, bodies)) <= _FAST_MAX_BYTES
-        and all(map(bytes.startswith, bodies, itertools.repeat(b"{", k)))
-        and all(map(bytes.endswith, bodies, itertools.repeat(b"}", k)))
-    ):
-        return None
-    try:
-        recs = _strict_loads(arr)
-    except ValueError:
-        return None
-    if type(recs) is not list or len(recs) != k:  # cannot be (see above): to be safe
-        return None
+    if recs is None:  # (else: what _batch_records gave for these bodies)
+        recs = _batch_records(bodies)
+        if recs is None:
+            return None
+    if _all_plain(recs):
+        return [body[:-1] for body in bodies]
+    return _heads(bodies, recs)
+
+
+def _heads(bodies: list[bytes], recs: list[Any]) -> list[bytes | None]:
+    """:func:`_passthrough` of each of *bodies*, given what each parses to (*recs*, from
+    :func:`_batch_records`), one by one."""
     heads: list[bytes | None] = []
     append = heads.append
     plain, refused = _FAST_PLAIN_KEYS, _FAST_REFUSED_KEYS
@@ -380,6 +379,49 @@ def _passthrough_batch(bodies: list[bytes]) -> list[bytes | None] | None:
         else:
             append(None)
     return heads
+
+
+_first_byte = operator.itemgetter(0)
+_last_byte = operator.itemgetter(-1)
+_dict_keys_isdisjoint: Callable[[Any, Any], bool] = type({}.keys()).isdisjoint
+
+
+def _batch_records(bodies: list[bytes]) -> list[Any] | None:
+    """What each of *bodies* parses to, by the one parse :func:`_passthrough_batch`
+    describes, or None when the bodies do not meet its conditions or do not parse."""
+    k = len(bodies)
+    arr = b"".join((b"[", b"\t,".join(bodies), b"]"))
+    try:
+        braced = (bytes(map(_first_byte, bodies)) == b"{" * k
+                  and bytes(map(_last_byte, bodies)) == b"}" * k)
+    except IndexError:  # an empty body
+        return None
+    if not (
+        braced and arr.isascii() and b"\n" not in arr and b"\r" not in arr
+        and arr.find(b"[", 1) < 0 and arr.count(b"{") == k
+        and max(map(len, bodies)) <= _FAST_MAX_BYTES
+    ):
+        return None
+    try:
+        recs = _strict_loads(arr)
+    except ValueError:
+        return None
+    if type(recs) is not list or len(recs) != k:  # cannot be (see above): to be safe
+        return None
+    return recs
+
+
+def _all_plain(recs: list[Any]) -> bool:
+    """True when every one of *recs* (parsed, flat bodies) is written as its bytes: a
+    non-empty dict, ``msg`` a str, none of the keys the collector sets or drops. The
+    checks of :func:`_passthrough`, one C-level pass each."""
+    k = len(recs)
+    return (
+        set(map(type, recs)) == {dict} and all(recs)
+        and set(map(type, map(dict.get, recs, itertools.repeat("msg", k)))) == {str}
+        and all(map(_dict_keys_isdisjoint, map(dict.keys, recs),
+                    itertools.repeat(_FAST_PLAIN_KEYS, k)))
+    )
 
 
 def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
@@ -697,8 +739,20 @@ class _TooLarge(ProtocolError):
 
 class _Conn:
     __slots__ = (
-        "deadline", "draining", "events", "frames", "head", "mplog", "out", "peer", "pickle",
-        "sock", "splice", "tls_wants_write", "unacked",
+        "deadline",
+        "draining",
+        "events",
+        "frames",
+        "head",
+        "line_format",
+        "mplog",
+        "out",
+        "peer",
+        "pickle",
+        "sock",
+        "splice",
+        "tls_wants_write",
+        "unacked",
     )
 
     def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
@@ -715,6 +769,7 @@ class _Conn:
         self.events = 0  # what the selector watches for this socket (0: not registered)
         self.tls_wants_write = False  # a TLS handshake waits for the socket to take bytes
         self.splice = b""  # mplog wire: what goes before a passed-through record's seq
+        self.line_format = b""  # mplog wire: b"%b" + splice + b"%d}\n", for (head, seq)
 
     def wire(self) -> str:
         if self.mplog is not None:
@@ -1413,6 +1468,7 @@ class Collector:
                                       nonce=os.urandom(NONCE_SIZE))
             # The sender id matches [A-Za-z0-9_.:-]{1,64}: nothing to escape in JSON.
             conn.splice = f',"mplog_sender":"{hello.sender}","mplog_seq":'.encode("ascii")
+            conn.line_format = b"%b" + conn.splice.replace(b"%", b"%%") + b"%d}\n"
             if not self._send(conn, welcome):
                 return
         seqs = batch.seqs
@@ -1420,14 +1476,17 @@ class Collector:
             sender = session.sender
             assert sender is not None
             bodies = batch.bodies
-            heads = _passthrough_batch(bodies)
-            if heads is None:
+            parsed = _batch_records(bodies)
+            heads: list[bytes | None] | None = None  # None: every body as it is
+            if parsed is None:
                 heads = [_passthrough(body) for body in bodies]
+            elif not _all_plain(parsed):
+                heads = _heads(bodies, parsed)
             # Refused as _mplog refuses it (the wire's words), duplicates included, and
             # before anything of this read is written.
             recs = {i: record_object(body) for i, (head, body)
                     in enumerate(zip(heads, bodies, strict=True))
-                    if head is None} if None in heads else {}
+                    if head is None} if heads is not None and None in heads else {}
             marks = self._out.last_seq.of(sender)
             n = len(seqs)
             keep: list[int] | range
@@ -1448,11 +1507,14 @@ class Collector:
                         keep.append(i)
             self.stats["duplicates"] += n - len(keep)
             splice = conn.splice
-            if not recs and isinstance(keep, range):
-                start = keep.start  # every head is bytes: no record to take slowly
-                lines = [b"%b%b%d}\n" % (head, splice, seq) for head, seq
-                         in zip(cast("list[bytes]", heads)[start:], seqs[start:], strict=True)]
+            if heads is None and isinstance(keep, range):
+                fmt = conn.line_format  # b"%b" splice b"%d}\n": the body less its "}"
+                start = keep.start
+                lines = [fmt % (body[:-1], seq)
+                         for body, seq in zip(bodies[start:], seqs[start:], strict=True)]
             else:
+                if heads is None:
+                    heads = [body[:-1] for body in bodies]
                 lines = []
                 append = lines.append
                 for i in keep:

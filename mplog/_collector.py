@@ -246,7 +246,10 @@ def _json_line(rec: Mapping[str, Any]) -> str:
 # parsing it, bounding it (jsonable), cleaning it (_clean) and encoding it again, the
 # collector writes those bytes: the slow path costs ~5x more per record. _passthrough
 # says when that holds; every other record takes the slow path, which also gives today's
-# refusal for a body that is not one JSON object.
+# refusal for a body that is not one JSON object. The records of one read are validated
+# by one parse where _passthrough_batch shows that to be exact (the flat records
+# senders send: then a read costs one orjson call and a few C-level passes); otherwise
+# each body takes _passthrough.
 
 #: Keys the collector sets: a body with one of them is rewritten by the slow path.
 _FAST_REFUSED_KEYS = frozenset(("mplog_sender", "mplog_seq"))
@@ -303,10 +306,10 @@ def _passthrough(body: bytes) -> bytes | None:
     JSON object on one line, ASCII (what the slow path's ensure_ascii output is), not
     empty, and nothing in it is rewritten by the slow path (a key the collector sets, a
     non-str ``msg``, nesting past MAX_DEPTH, more than MAX_NODES values, a non-finite
-    float). The keys _clean drops (``args``, ``exc_info``, ``message``: every sender
-    sends the first two, as null) are cut out of the bytes when that is sure to be
-    exact (see :func:`_cut_members`). The cheap byte checks go first; then one
-    validating parse."""
+    float). The keys _clean drops (``args``, ``exc_info``, ``message``: today's senders
+    leave them out, older ones send the first two as null) are cut out of the bytes
+    when that is sure to be exact (see :func:`_cut_members`). The cheap byte checks go
+    first; then one validating parse."""
     if not (
         body.startswith(b"{") and body.endswith(b"}") and len(body) <= _FAST_MAX_BYTES
         and body.isascii() and b"\n" not in body and b"\r" not in body

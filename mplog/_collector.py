@@ -32,8 +32,10 @@ Rules this module keeps:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
+import operator
 import os
 import pathlib
 import re
@@ -44,6 +46,7 @@ import ssl
 import sys
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
@@ -62,6 +65,7 @@ from ._wires.mplog import (
     MAGIC,
     MIN_FRAME_LIMIT,
     NONCE_SIZE,
+    UNSENT_KEYS,
     Close,
     Hello,
     Record,
@@ -107,7 +111,8 @@ REFUSAL_REASONS: tuple[str, ...] = (
     "protocol",  # any other mplog-wire protocol violation
     "slow_reader",  # more than MAX_OUTBOUND bytes of answers left unread
 )
-_DROP = ("args", "exc_info", "message")
+#: The keys _clean drops: the ones today's senders no longer send (older ones do).
+_DROP = UNSENT_KEYS
 #: The collector's own footprint with no connection: the interpreter, mplog, a selector,
 #: and the transient objects of decoding one read (MAX_ITEMS objects at most).
 BASE_MEMORY = 96 * 1024 * 1024
@@ -241,7 +246,10 @@ def _json_line(rec: Mapping[str, Any]) -> str:
 # parsing it, bounding it (jsonable), cleaning it (_clean) and encoding it again, the
 # collector writes those bytes: the slow path costs ~5x more per record. _passthrough
 # says when that holds; every other record takes the slow path, which also gives today's
-# refusal for a body that is not one JSON object.
+# refusal for a body that is not one JSON object. The records of one read are validated
+# by one parse where _passthrough_batch shows that to be exact (the flat records
+# senders send: then a read costs one orjson call and a few C-level passes); otherwise
+# each body takes _passthrough.
 
 #: Keys the collector sets: a body with one of them is rewritten by the slow path.
 _FAST_REFUSED_KEYS = frozenset(("mplog_sender", "mplog_seq"))
@@ -298,10 +306,10 @@ def _passthrough(body: bytes) -> bytes | None:
     JSON object on one line, ASCII (what the slow path's ensure_ascii output is), not
     empty, and nothing in it is rewritten by the slow path (a key the collector sets, a
     non-str ``msg``, nesting past MAX_DEPTH, more than MAX_NODES values, a non-finite
-    float). The keys _clean drops (``args``, ``exc_info``, ``message``: every sender
-    sends the first two, as null) are cut out of the bytes when that is sure to be
-    exact (see :func:`_cut_members`). The cheap byte checks go first; then one
-    validating parse."""
+    float). The keys _clean drops (``args``, ``exc_info``, ``message``: today's senders
+    leave them out, older ones send the first two as null) are cut out of the bytes
+    when that is sure to be exact (see :func:`_cut_members`). The cheap byte checks go
+    first; then one validating parse."""
     if not (
         body.startswith(b"{") and body.endswith(b"}") and len(body) <= _FAST_MAX_BYTES
         and body.isascii() and b"\n" not in body and b"\r" not in body
@@ -322,6 +330,101 @@ def _passthrough(body: bytes) -> bytes | None:
     if not rec.keys().isdisjoint(_FAST_REFUSED_KEYS):
         return None
     return _cut_members(body, rec) if flat else None
+
+
+def _passthrough_batch(bodies: list[bytes],
+                       recs: list[Any] | None = None) -> list[bytes | None] | None:
+    """:func:`_passthrough` of each of *bodies* (one read's records), with one
+    validating parse for all of them instead of one each; or None when the bodies do not
+    meet the conditions below (then each takes :func:`_passthrough`).
+
+    The conditions: each body starts with ``{``, ends with ``}`` and is at most
+    _FAST_MAX_BYTES long; together they are ASCII, hold no line break, no ``[`` and
+    exactly one ``{`` per body. Then ``[B1<TAB>,B2<TAB>,...,Bk]`` parses to a list whose
+    i-th element is what Bi alone parses to, and fails to parse if any Bi is not one
+    JSON object:
+
+    - No string spans two bodies: it would hold the raw tab of a separator, which JSON
+      refuses inside a string (tab is whitespace outside one). So each body is read as
+      it would be alone, and the ``{`` that starts it is a bracket, not string text.
+    - Those k brackets are all the ``{`` there are, and there is no ``[``: nothing is
+      nested. Body i's first bracket opens an object at the list's level; the first
+      ``}`` outside a string closes it. Were that before the body's last ``}`` (which
+      is outside a string too: a string cannot run into the separator or the end),
+      the text after it would have a ``}`` at the list's level, a syntax error. So the
+      object is exactly Bi's bytes, and the separator between two is the list's comma.
+
+    Same parser, same bytes per element: the same values, the same refusals (a body the
+    validator refuses fails the whole parse; the caller then tries each alone)."""
+    if recs is None:  # (else: what _batch_records gave for these bodies)
+        recs = _batch_records(bodies)
+        if recs is None:
+            return None
+    if _all_plain(recs):
+        return [body[:-1] for body in bodies]
+    return _heads(bodies, recs)
+
+
+def _heads(bodies: list[bytes], recs: list[Any]) -> list[bytes | None]:
+    """:func:`_passthrough` of each of *bodies*, given what each parses to (*recs*, from
+    :func:`_batch_records`), one by one."""
+    heads: list[bytes | None] = []
+    append = heads.append
+    plain, refused = _FAST_PLAIN_KEYS, _FAST_REFUSED_KEYS
+    for body, rec in zip(bodies, recs, strict=True):
+        # What _passthrough checks after its parse (a flat body: no depth to check).
+        if not (type(rec) is dict and rec and type(rec.get("msg", "")) is str):
+            append(None)
+        elif rec.keys().isdisjoint(plain):
+            append(body[:-1])
+        elif rec.keys().isdisjoint(refused):
+            append(_cut_members(body, rec))
+        else:
+            append(None)
+    return heads
+
+
+_first_byte = operator.itemgetter(0)
+_last_byte = operator.itemgetter(-1)
+_dict_keys_isdisjoint: Callable[[Any, Any], bool] = type({}.keys()).isdisjoint
+
+
+def _batch_records(bodies: list[bytes]) -> list[Any] | None:
+    """What each of *bodies* parses to, by the one parse :func:`_passthrough_batch`
+    describes, or None when the bodies do not meet its conditions or do not parse."""
+    k = len(bodies)
+    arr = b"".join((b"[", b"\t,".join(bodies), b"]"))
+    try:
+        braced = (bytes(map(_first_byte, bodies)) == b"{" * k
+                  and bytes(map(_last_byte, bodies)) == b"}" * k)
+    except IndexError:  # an empty body
+        return None
+    if not (
+        braced and arr.isascii() and b"\n" not in arr and b"\r" not in arr
+        and arr.find(b"[", 1) < 0 and arr.count(b"{") == k
+        and max(map(len, bodies)) <= _FAST_MAX_BYTES
+    ):
+        return None
+    try:
+        recs = _strict_loads(arr)
+    except ValueError:
+        return None
+    if type(recs) is not list or len(recs) != k:  # cannot be (see above): to be safe
+        return None
+    return recs
+
+
+def _all_plain(recs: list[Any]) -> bool:
+    """True when every one of *recs* (parsed, flat bodies) is written as its bytes: a
+    non-empty dict, ``msg`` a str, none of the keys the collector sets or drops. The
+    checks of :func:`_passthrough`, one C-level pass each."""
+    k = len(recs)
+    return (
+        set(map(type, recs)) == {dict} and all(recs)
+        and set(map(type, map(dict.get, recs, itertools.repeat("msg", k)))) == {str}
+        and all(map(_dict_keys_isdisjoint, map(dict.keys, recs),
+                    itertools.repeat(_FAST_PLAIN_KEYS, k)))
+    )
 
 
 def _cut_members(body: bytes, rec: dict[str, Any]) -> bytes | None:
@@ -558,18 +661,29 @@ class _Output:
             self._renamed or (self._size and self._size + len(self._pending[0]) > self.max_bytes)
         ):
             self._rotate()
-        count, size = 0, self._size - self._offset
-        for line in self._pending:
-            if count and self.max_bytes and size + len(line) > self.max_bytes:
-                break
-            count += 1
-            size += len(line)
+        count = len(self._pending)
+        if self.max_bytes:
+            size = self._size - self._offset
+            for i, line in enumerate(self._pending):
+                if i and size + len(line) > self.max_bytes:
+                    count = i
+                    break
+                size += len(line)
         data = memoryview(b"".join(self._pending[:count]))[self._offset :]
-        while data:
-            n = os.write(self._fd, data)
-            data = data[n:]
-            self._size += n
+        n = os.write(self._fd, data)
+        self._size += n
+        if n == len(data):  # the usual case: all of it at once
+            del self._pending[:count]
+            self.lines_written += count
+            self._offset = 0
+        else:
             self._consume(n)
+            data = data[n:]
+            while data:
+                n = os.write(self._fd, data)
+                data = data[n:]
+                self._size += n
+                self._consume(n)
         if self.fsync:
             self._unsynced = True
             os.fsync(self._fd)
@@ -628,8 +742,20 @@ class _TooLarge(ProtocolError):
 
 class _Conn:
     __slots__ = (
-        "deadline", "draining", "events", "frames", "head", "mplog", "out", "peer", "pickle",
-        "sock", "splice", "tls_wants_write", "unacked",
+        "deadline",
+        "draining",
+        "events",
+        "frames",
+        "head",
+        "line_format",
+        "mplog",
+        "out",
+        "peer",
+        "pickle",
+        "sock",
+        "splice",
+        "tls_wants_write",
+        "unacked",
     )
 
     def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
@@ -646,6 +772,7 @@ class _Conn:
         self.events = 0  # what the selector watches for this socket (0: not registered)
         self.tls_wants_write = False  # a TLS handshake waits for the socket to take bytes
         self.splice = b""  # mplog wire: what goes before a passed-through record's seq
+        self.line_format = b""  # mplog wire: b"%b" + splice + b"%d}\n", for (head, seq)
 
     def wire(self) -> str:
         if self.mplog is not None:
@@ -1344,40 +1471,66 @@ class Collector:
                                       nonce=os.urandom(NONCE_SIZE))
             # The sender id matches [A-Za-z0-9_.:-]{1,64}: nothing to escape in JSON.
             conn.splice = f',"mplog_sender":"{hello.sender}","mplog_seq":'.encode("ascii")
+            conn.line_format = b"%b" + conn.splice.replace(b"%", b"%%") + b"%d}\n"
             if not self._send(conn, welcome):
                 return
         seqs = batch.seqs
         if seqs:
             sender = session.sender
             assert sender is not None
+            bodies = batch.bodies
+            parsed = _batch_records(bodies)
+            heads: list[bytes | None] | None = None  # None: every body as it is
+            if parsed is None:
+                heads = [_passthrough(body) for body in bodies]
+            elif not _all_plain(parsed):
+                heads = _heads(bodies, parsed)
+            # Refused as _mplog refuses it (the wire's words), duplicates included, and
+            # before anything of this read is written.
+            recs = {i: record_object(body) for i, (head, body)
+                    in enumerate(zip(heads, bodies, strict=True))
+                    if head is None} if heads is not None and None in heads else {}
             marks = self._out.last_seq.of(sender)
-            get = marks.get
+            n = len(seqs)
+            keep: list[int] | range
+            epoch = seqs[0] >> EPOCH_SHIFT
+            if seqs[-1] >> EPOCH_SHIFT == epoch:
+                # One spool epoch (the rule on a connection): the seqs increase, so the
+                # duplicates (up to the mark from before this read) are a prefix.
+                skip = bisect_right(seqs, marks.get(epoch, 0))
+                keep = range(skip, n)
+                advance = {epoch: seqs[-1]} if skip < n else {}
+            else:  # a connection whose records cross epochs: one by one
+                get = marks.get
+                keep, advance = [], {}
+                for i, seq in enumerate(seqs):
+                    epoch = seq >> EPOCH_SHIFT
+                    if seq > get(epoch, 0):
+                        advance[epoch] = seq
+                        keep.append(i)
+            self.stats["duplicates"] += n - len(keep)
             splice = conn.splice
-            passthrough = _passthrough
-            lines: list[bytes] = []
-            append = lines.append
-            advance: dict[int, int] = {}
-            duplicates = 0
-            for seq, body in zip(seqs, batch.bodies, strict=True):
-                head = passthrough(body)
-                # Refused as _mplog refuses it (the wire's words), duplicates included.
-                rec = record_object(body) if head is None else None
-                epoch = seq >> EPOCH_SHIFT
-                # Seqs increase along a connection: the marks from before this read
-                # are enough to tell a duplicate.
-                if seq <= get(epoch, 0):
-                    duplicates += 1
-                    continue
-                advance[epoch] = seq
-                if head is not None:
-                    append(b"%b%b%d}\n" % (head, splice, seq))
-                else:
-                    assert rec is not None
-                    row = self._row(rec)
-                    row["mplog_sender"] = sender
-                    row["mplog_seq"] = seq
-                    append(self._out.line(row))
-            self.stats["duplicates"] += duplicates
+            if heads is None and isinstance(keep, range):
+                fmt = conn.line_format  # b"%b" splice b"%d}\n": the body less its "}"
+                start = keep.start
+                lines = [fmt % (body[:-1], seq)
+                         for body, seq in zip(bodies[start:], seqs[start:], strict=True)]
+            else:
+                if heads is None:
+                    heads = [body[:-1] for body in bodies]
+                lines = []
+                append = lines.append
+                for i in keep:
+                    head = heads[i]
+                    if head is not None:
+                        append(b"%b%b%d}\n" % (head, splice, seqs[i]))
+                    else:
+                        row = self._row(recs[i])
+                        row["mplog_sender"] = sender
+                        row["mplog_seq"] = seqs[i]
+                        append(self._out.line(row))
+            # Written, or held to be written once the output works again (then not
+            # acknowledged until it is): either way a resend of these is a duplicate.
             written = self._write_lines(lines)
             marks.update(advance)
             top = seqs[-1]

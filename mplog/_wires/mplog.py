@@ -58,6 +58,7 @@ __all__ = [
     "MIN_FRAME_LIMIT",
     "NONCE_SIZE",
     "SEQ_LIMIT",
+    "UNSENT_KEYS",
     "VERSION",
     "Ack",
     "ClientSession",
@@ -359,8 +360,7 @@ class ServerConnection:
             return batch
         split = self._split
         if split._buf:
-            split._buf += data
-            buf = bytes(split._buf)
+            buf = bytes(split._buf) + data  # the partial frame left by the last read
             split._buf.clear()
         else:
             buf = data
@@ -369,34 +369,40 @@ class ServerConnection:
         mac = self._mac
         macsize = MAC_SIZE if mac is not None else 0
         seqs, bodies = batch.seqs, batch.bodies
+        add_seq, add_body = seqs.append, bodies.append
         last = self.last_seq
         in_pos = self._in_pos
         unpack_len, unpack_seq, pack_pos = _LEN.unpack_from, _SEQ.unpack_from, _POS.pack
         if mac is not None:
             inner_copy, outer_copy = mac._inner.copy, mac._outer.copy
         compare = hmac.compare_digest
+        shortest = 1 + macsize + _SEQ.size + 2  # a record frame's type, seq and "{}"
+        closed = False
         end = len(buf)
         pos = 0
         try:
             while end - pos >= 4:
                 (n,) = unpack_len(buf, pos)
-                if n > limit:
-                    raise RemoteProtocolError(f"client sent a frame of {n} bytes (limit {limit})")
-                if n < 1:
-                    raise RemoteProtocolError("client sent an empty frame")
                 stop = pos + 4 + n
-                if stop > end:
-                    break
-                if batch.close:
+                if n > limit or n < 1 or stop > end or closed:
+                    # The rare cases, checked in this order, as receive() does.
+                    if n > limit:
+                        raise RemoteProtocolError(
+                            f"client sent a frame of {n} bytes (limit {limit})")
+                    if n < 1:
+                        raise RemoteProtocolError("client sent an empty frame")
+                    if stop > end:
+                        break  # not whole yet: kept for the next read
                     raise RemoteProtocolError("client sent a frame after its close")
-                kind = buf[pos + 4 : pos + 5]
                 if mac is not None:
+                    # Verified before anything of the frame is looked at (_SessionMac.mac,
+                    # inline: this runs per frame). The MAC covers type || body, which
+                    # lie together in the frame.
                     if n < 1 + MAC_SIZE:
                         raise RemoteProtocolError("client sent a frame too short for its MAC")
-                    # _SessionMac.mac, inline (this runs per frame).
                     inner = inner_copy()
-                    inner.update(pack_pos(in_pos) + kind)
-                    inner.update(view[pos + 5 : stop - MAC_SIZE])
+                    inner.update(pack_pos(in_pos))
+                    inner.update(view[pos + 4 : stop - MAC_SIZE])
                     outer = outer_copy()
                     outer.update(inner.digest())
                     if not compare(view[stop - MAC_SIZE : stop], outer.digest()):
@@ -405,27 +411,29 @@ class ServerConnection:
                             "spliced from another connection or position)"
                         )
                     in_pos += 1
-                if kind == _R:
-                    if n - 1 - macsize < _SEQ.size + 2:
+                kind = buf[pos + 4]
+                if kind == 82:  # b"R"
+                    if n < shortest:
                         raise RemoteProtocolError("client sent a record frame too short")
                     (seq,) = unpack_seq(buf, pos + 5)
-                    if not 0 < seq < SEQ_LIMIT:
-                        raise RemoteProtocolError(
-                            f"client sent seq {seq}, outside 1 .. 2**63-1")
-                    if seq <= last:
+                    if not last < seq < SEQ_LIMIT:  # last >= 0: so also 0 < seq
+                        if not 0 < seq < SEQ_LIMIT:
+                            raise RemoteProtocolError(
+                                f"client sent seq {seq}, outside 1 .. 2**63-1")
                         raise RemoteProtocolError(f"client sent seq {seq} after {last}")
                     last = seq
-                    seqs.append(seq)
-                    bodies.append(buf[pos + 13 : stop - macsize])
-                elif kind == b"C":
-                    batch.close = True
+                    add_seq(seq)
+                    add_body(buf[pos + 13 : stop - macsize])
+                elif kind == 67:  # b"C"
+                    closed = batch.close = True
                 else:
-                    raise RemoteProtocolError(f"client sent unknown frame type {kind!r}")
+                    raise RemoteProtocolError(
+                        f"client sent unknown frame type {bytes([kind])!r}")
                 pos = stop
         finally:
             self.last_seq = last
             self._in_pos = in_pos
-            if batch.close:
+            if closed:
                 self._state = "closed"
         if pos < end:
             split._buf += buf[pos:] if pos else buf
@@ -717,9 +725,20 @@ def _error_text(body: bytes) -> str:
 _record_encoder = json.JSONEncoder(separators=(",", ":"), default=repr)
 
 
+#: Keys of a record's ``__dict__`` a receiver drops (``docs/protocol.md``: ``args`` and
+#: ``exc_info`` "are absent or null"; ``message`` is ``msg`` again): not sent, so the
+#: collector has nothing to cut out of the bytes. Older senders send them (null, and
+#: the message); the collector drops them from those records, with the same result.
+UNSENT_KEYS = ("args", "exc_info", "message")
+
+
 def record_payload(seq: int, record: Mapping[str, Any]) -> bytes:
-    """The buffered payload of one record: its seq and its JSON object."""
-    return _SEQ.pack(seq) + _record_encoder.encode(dict(record)).encode("ascii")
+    """The buffered payload of one record: its seq and its JSON object (without the
+    :data:`UNSENT_KEYS`)."""
+    d = dict(record)
+    for key in UNSENT_KEYS:
+        d.pop(key, None)
+    return _SEQ.pack(seq) + _record_encoder.encode(d).encode("ascii")
 
 
 class MplogWire:

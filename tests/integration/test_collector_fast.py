@@ -24,11 +24,20 @@ import pytest
 import mplog
 from mplog._collector import Collector, _json_line
 from mplog._text import one_line
-from mplog._wires.mplog import MAC_SIZE, ClientSession, record_object, record_payload
+from mplog._wires.mplog import MAC_SIZE, ClientSession, record_object
 from tests.helpers import ROOT, Serve, env_with_root, wait_until
 from tests.helpers import json_same as _same
 
 _SEQ = struct.Struct(">Q")
+#: A record's JSON object as senders encode it, keys and all (senders before
+#: UNSENT_KEYS sent args, exc_info and message too): the collector must take both.
+_legacy_encoder = json.JSONEncoder(separators=(",", ":"), default=repr)
+
+
+def _enc(rec: dict[str, Any]) -> bytes:
+    return _legacy_encoder.encode(rec).encode("ascii")
+
+
 KEY = b"fast-path-test-key-0123456789abcdef"
 
 
@@ -43,20 +52,20 @@ _BASE = {"name": "fast", "levelno": 20, "levelname": "INFO", "msg": "hello", "cr
 
 #: (body, written as the sender's bytes?) -- a variety of records a sender writes.
 RECORDS: list[tuple[bytes, bool]] = [
-    (record_payload(0, _BASE)[8:], True),
-    (record_payload(0, {**_BASE, "msg": "caf\u00e9 \u2603 \U0001f600 \u2028 \x1b[31m"})[8:], True),
-    (record_payload(0, {**_BASE, "user": "ann", "tags": ["a", 1, None],
-                        "ctx": {"k": [1, {"z": 2.5}]}})[8:], True),
-    (record_payload(0, {**_BASE, "exc_text": 'Traceback:\n  File "x.py"\nValueError: "q"'})[8:],
+    (_enc(_BASE), True),
+    (_enc({**_BASE, "msg": "caf\u00e9 \u2603 \U0001f600 \u2028 \x1b[31m"}), True),
+    (_enc({**_BASE, "user": "ann", "tags": ["a", 1, None],
+                        "ctx": {"k": [1, {"z": 2.5}]}}), True),
+    (_enc({**_BASE, "exc_text": 'Traceback:\n  File "x.py"\nValueError: "q"'}),
      True),
-    (record_payload(0, {**_BASE, "args": None, "exc_info": None})[8:], True),  # a pipeline's
-    (record_payload(0, {**_BASE, "args": None, "exc_info": None, "message": "hello"})[8:], True),
-    (record_payload(0, {**_BASE, "msg": 42})[8:], False),  # _clean: msg becomes "42"
-    (record_payload(0, {**_BASE, "msg": ["a"]})[8:], False),
-    (record_payload(0, {**_BASE, "args": [1, 2]})[8:], False),  # _clean drops it
-    (record_payload(0, {**_BASE, "mplog_sender": "forged", "mplog_seq": 1})[8:], False),
-    (record_payload(0, {**_BASE, **_deep(40)})[8:], False),  # past 32 levels: placeholder
-    (record_payload(0, {**_BASE, "f": float("nan"), "g": float("-inf")})[8:], False),
+    (_enc({**_BASE, "args": None, "exc_info": None}), True),  # a pipeline's
+    (_enc({**_BASE, "args": None, "exc_info": None, "message": "hello"}), True),
+    (_enc({**_BASE, "msg": 42}), False),  # _clean: msg becomes "42"
+    (_enc({**_BASE, "msg": ["a"]}), False),
+    (_enc({**_BASE, "args": [1, 2]}), False),  # _clean drops it
+    (_enc({**_BASE, "mplog_sender": "forged", "mplog_seq": 1}), False),
+    (_enc({**_BASE, **_deep(40)}), False),  # past 32 levels: placeholder
+    (_enc({**_BASE, "f": float("nan"), "g": float("-inf")}), False),
     (b'{"msg":"a","f":1e400}', False),  # inf once parsed: written as "inf"
     (b'{"msg":"b","s":"caf\xc3\xa9"}', False),  # raw UTF-8: escaped by the slow path
     (b'{"msg":\n"c", "n" : 1}', False),  # valid JSON on two lines: rewritten on one
@@ -211,7 +220,7 @@ def test_resent_records_are_written_once_across_reconnects_and_restarts(
         client = _Client(srv.port, "fast-resend")
         resume = client.session.resume_acked
         for seq in seqs:
-            client.send(seq, record_payload(0, {**_BASE, "args": None, "i": seq})[8:])
+            client.send(seq, _enc({**_BASE, "args": None, "i": seq}))
         client.acked(len(seqs))
         client.close()
         return resume

@@ -21,6 +21,7 @@ from mplog._collector import Collector, _json_line, _passthrough, _strict_loads_
 from mplog._errors import ProtocolError
 from mplog._wires.mplog import (
     MAC_SIZE,
+    UNSENT_KEYS,
     ClientSession,
     Close,
     Hello,
@@ -45,8 +46,13 @@ def _deep(levels: int) -> dict[str, Any]:
     return d
 
 
+#: How a sender encodes a record's JSON object (record_payload), keys and all: what
+#: senders before UNSENT_KEYS sent (args, exc_info, message included).
+_legacy_encoder = json.JSONEncoder(separators=(",", ":"), default=repr)
+
+
 def _enc(rec: dict[str, Any]) -> bytes:
-    return record_payload(0, rec)[8:]
+    return _legacy_encoder.encode(rec).encode("ascii")
 
 
 #: (body, passed through?) for records a sender writes and records it should not (None:
@@ -172,10 +178,26 @@ def test_a_record_as_mplog_sends_it_is_passed_through() -> None:
     from mplog._record import prepare_dict
 
     rec = logging.getLogger("x").makeRecord("x", logging.INFO, "/a.py", 1, "n %d", (5,), None)
-    body = _enc(prepare_dict(rec))
-    assert b'"args":null' in body and b'"message":' in body
-    assert _passthrough(body) is not None
+    d = prepare_dict(rec)
+    assert "args" in d and "exc_info" in d and "message" in d
+    body = record_payload(0, d)[8:]
+    # Today's sender leaves out what the collector drops: nothing to cut, bytes as sent.
+    assert b'"args"' not in body and b'"exc_info"' not in body and b'"message"' not in body
+    assert _passthrough(body) == body[:-1]
     assert _same(json.loads(_fast_line(body, 7)), _slow_line(body, 7))
+    # An older sender sent them: the collector writes the very same line for its record.
+    legacy = _enc(d)
+    assert b'"args":null' in legacy and b'"message":' in legacy
+    assert _fast_line(legacy, 7) == _fast_line(body, 7)
+    assert _slow_line(legacy, 7) == _slow_line(body, 7)
+
+
+def test_record_payload_leaves_out_only_the_unsent_keys() -> None:
+    rec = {**_BASE, "args": [1, 2], "exc_info": None, "message": "m", "user": "ann"}
+    sent = json.loads(record_payload(9, rec)[8:])
+    assert sent == {k: v for k, v in rec.items() if k not in UNSENT_KEYS}
+    assert list(sent) == ["name", "levelno", "levelname", "msg", "created", "user"]
+    assert "args" in rec  # the caller's dict is left as it was
 
 
 def test_the_slow_path_rewrites_what_passthrough_refuses() -> None:
@@ -200,9 +222,9 @@ def test_invalid_bodies_are_never_passed_through(validator: str, body: bytes) ->
         record_object(body)
 
 
-def _mutants(n: int) -> list[bytes]:
-    rng = random.Random(1234)
-    seeds = [b for b, _ in CORPUS] + INVALID
+def _mutants(n: int, seeds: list[bytes] | None = None, seed: int = 1234) -> list[bytes]:
+    rng = random.Random(seed)
+    seeds = seeds or [b for b, _ in CORPUS] + INVALID
     alphabet = b'{}[]",:\\ \t\n0123456789.eE+-abcnlrstuftrue\x00\x7f\xc3\xa9'
     out = []
     for _ in range(n):
@@ -375,3 +397,99 @@ def test_batch_keeps_a_partial_frame_for_the_next_read_only() -> None:
     second = server.receive_batch(whole[7:] + client.frame(record_payload(4, {"msg": "n"}))[:3])
     assert second.seqs == [2] and second.bodies == [b'{"msg":"m"}']
     assert server.receive_batch(b"").close
+
+
+# -- one validating parse per read: _passthrough_batch against _passthrough ------------------
+
+
+def _valid_alone(body: bytes) -> bool:
+    try:
+        record_object(body)
+    except ProtocolError:
+        return False
+    return True
+
+
+def _check_batch(bodies: list[bytes]) -> bool:
+    """_passthrough_batch gives what _passthrough gives each body, or None (then the
+    caller takes them one by one); it never passes a body that is not valid alone.
+    True if the batch was taken."""
+    heads = _collector._passthrough_batch(bodies)
+    if heads is None:
+        return False
+    assert all(_valid_alone(b) for b in bodies), bodies
+    assert heads == [_passthrough(b) for b in bodies], bodies
+    return True
+
+
+def _flat(i: int) -> bytes:
+    return record_payload(0, {**_BASE, "msg": f"m {i} }} , \t \\ \"", "i": i, "f": i / 3,
+                              "ok": i % 2 == 0, "none": None})[8:]
+
+
+def test_a_read_of_flat_records_is_validated_in_one_parse(validator: str) -> None:
+    bodies = [_flat(i) for i in range(300)]
+    assert _check_batch(bodies)
+    assert _check_batch(bodies[:1])
+    # Older senders' dropped keys are cut as _passthrough cuts them.
+    legacy = [_enc({**_BASE, "i": i, "args": None, "exc_info": None, "message": "x"})
+              for i in range(50)]
+    assert _check_batch(legacy)
+    # A record _passthrough leaves to the slow path gets None in its place, the rest pass.
+    mixed = [*bodies[:5], _enc({**_BASE, "msg": 42}), _enc({**_BASE, "mplog_seq": 1}),
+             b"{}", *bodies[5:10]]
+    heads = _collector._passthrough_batch(mixed)
+    assert heads is not None and heads[5:8] == [None, None, None]
+    assert _check_batch(mixed)
+
+
+@pytest.mark.parametrize("bodies", [
+    # Bodies that are not one JSON object each but join into a list of as many objects:
+    # each must fail the batch (and be refused alone).
+    [b'{"k":"}', b'{"}', b"{},{}"],  # a string across two bodies, two objects in one
+    [b'{"k":[{}', b"{}]}", b"{},{}"],  # an array across two bodies
+    [b'{"a":1', b'"b":2}', b"{},{}"],  # an object across two bodies
+    [b'{"a":"x', b'{y"}'],  # a string across: the tab separator is refused in it
+    [b'{"a":"}', b'{"}', b'{"x":1},"}"'],  # across, and one body of a dict and a str
+    [b'{"a":1}', _enc({"x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]})],
+    [b'{"a":1}}', b'{"b":2}'],  # a brace too many
+    [b'{"a":1},{"b":2}', b'{"c":3}'],  # two objects in one
+    [b'{"a":1}', b'{"b":2}{'],
+    [b'{"a":1}', b"{", b"}"],
+    [b'{"a":1}', b"{}]"],
+    [b'{"a":1}', b'{"b":2]'],
+    [b'{"a":1}', b'{"b":"\t"}'],  # a raw tab inside a string
+    [b'{"a":1}', b'{"b":1e400}'],  # would be inf
+    [b'{"a":1}', b'{"b":NaN}'],
+    [b'{"a":1}', b'{"b":"\\ud800"}'],  # a lone surrogate: orjson refuses the batch
+    [b'{"a":1}', b'{"b":"caf\xc3\xa9"}'],  # not ASCII
+    [b'{"a":1}', b'{"b":\n2}'],  # a line break: the slow path writes it on one line
+    [b'{"a":1}', b'{"b":{"c":2}}'],  # nested: one by one
+    [b'{"a":1}', b'{"b":"{"}'],  # a "{" in a string: one by one
+    [b'{"a":1}', _enc({**_BASE, "msg": "x" * 250_000})],  # longer than _passthrough takes
+], ids=["string-across", "array-across", "object-across", "string-tab", "string-across-2",
+        "deep-array", "brace-too-many",
+        "two-in-one", "open-brace", "split-object", "bracket", "bracket-in-object", "raw-tab",
+        "overflow", "nan", "surrogate", "utf-8", "newline", "nested", "brace-in-string",
+        "long"])
+def test_a_batch_that_is_not_one_object_per_body_is_never_taken(
+        validator: str, bodies: list[bytes]) -> None:
+    heads = _collector._passthrough_batch(bodies)
+    if all(_valid_alone(b) for b in bodies):
+        assert heads is None or heads == [_passthrough(b) for b in bodies]
+    else:
+        assert heads is None
+    _check_batch(bodies)
+
+
+def test_fuzzed_batches_are_taken_only_when_each_body_is_right(validator: str) -> None:
+    rng = random.Random(99)
+    flat = [_flat(i) for i in range(40)] + [b for b, _ in CORPUS if b"[" not in b]
+    # Flat bodies cut, spliced and mixed with each other: what could join wrongly.
+    mutants = _mutants(4000, [*flat, b'{"a":"', b'"}', b"},{", b'{"b":[', b"]}"], seed=5)
+    taken = 0
+    for _ in range(4000):
+        k = rng.randint(1, 6)
+        bodies = [rng.choice(flat if rng.random() < 0.7 else mutants) for _ in range(k)]
+        taken += _check_batch(bodies)
+    assert taken > 500, taken  # the fuzz reached taken batches often

@@ -89,7 +89,9 @@ def test_2_mib_record_on_a_standalone_handler_is_cut_on_every_wire(tmp_path: pat
             wait_until(lambda: len(rcv.lines()) >= 22, what="22 lines")
             msgs = [r["msg"] for r in rcv.lines()]
             _check_big(msgs, "characters cut]")
-            assert h.too_large == 1
+            # mplog: the intake's cut fits the wire now that `message` (a second copy of
+            # msg) is not sent; the pickle wire still cuts it again.
+            assert h.too_large == (0 if wire == "mplog" else 1)
         elif wire == "jsonl":
             rcv.wait_count(22, 30)
             import json

@@ -8,6 +8,7 @@ import math
 import os
 import pathlib
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -217,3 +218,51 @@ def json_same(a: Any, b: Any) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(json_same(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and a == b
+
+
+class MplogWireClient:
+    """A raw mplog-wire client on a real socket (any bodies, any seqs), for collector
+    tests: *window* records may be unacknowledged."""
+
+    SEQ = struct.Struct(">Q")
+
+    def __init__(self, port: int, sender: str, key: bytes | None = None,
+                 window: int = 1024) -> None:
+        import socket
+
+        from mplog._wires.mplog import ClientSession
+
+        self.session = ClientSession(sender, key, window, nonce=os.urandom(16))
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.sock.sendall(self.session.handshake())
+        while not self.session.ready:
+            self.session.receive(self.sock.recv(65536))
+
+    def send(self, seq: int, body: bytes) -> bytes:
+        """One record frame; returns the frame's bytes."""
+        frame = self.session.frame(self.SEQ.pack(seq) + body)
+        self.sock.sendall(frame)
+        return frame
+
+    def send_all(self, records: list[tuple[int, bytes]]) -> None:
+        """All the frames in one send (the collector reads them in few, big reads)."""
+        self.sock.sendall(b"".join(self.session.frame(self.SEQ.pack(s) + b) for s, b in records))
+
+    def acked(self, count: int) -> None:
+        """Read until *count* records (of those sent) are acknowledged."""
+        got = 0
+        while got < count:
+            got += self.session.receive(self.sock.recv(65536))
+
+    def refusal(self) -> str:
+        """Read until the collector refuses and closes: its words."""
+        import mplog
+
+        try:
+            while True:
+                self.session.receive(self.sock.recv(65536))
+        except mplog.ProtocolError as exc:
+            return str(exc)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -11,9 +11,7 @@ a restart, from the output's compact lines) and that a tampered signed frame is 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import socket
 import struct
 import subprocess
 import sys
@@ -24,8 +22,8 @@ import pytest
 import mplog
 from mplog._collector import Collector, _json_line
 from mplog._text import one_line
-from mplog._wires.mplog import MAC_SIZE, ClientSession, record_object
-from tests.helpers import ROOT, Serve, env_with_root, wait_until
+from mplog._wires.mplog import MAC_SIZE, record_object
+from tests.helpers import ROOT, MplogWireClient, Serve, env_with_root, wait_until
 from tests.helpers import json_same as _same
 
 _SEQ = struct.Struct(">Q")
@@ -81,39 +79,6 @@ def _expected(body: bytes, sender: str, seq: int) -> dict[str, Any]:
     return json.loads(_json_line(row))
 
 
-class _Client:
-    """A raw mplog-wire client on a real socket (any bodies, any seqs)."""
-
-    def __init__(self, port: int, sender: str, key: bytes | None = None) -> None:
-        self.session = ClientSession(sender, key, 1024, nonce=os.urandom(16))
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.sock.sendall(self.session.handshake())
-        while not self.session.ready:
-            self.session.receive(self.sock.recv(65536))
-
-    def send(self, seq: int, body: bytes) -> bytes:
-        frame = self.session.frame(_SEQ.pack(seq) + body)
-        self.sock.sendall(frame)
-        return frame
-
-    def acked(self, count: int) -> None:
-        """Read until *count* records (of those sent) are acknowledged."""
-        got = 0
-        while got < count:
-            got += self.session.receive(self.sock.recv(65536))
-
-    def refusal(self) -> str:
-        """Read until the collector refuses and closes: its words."""
-        try:
-            while True:
-                self.session.receive(self.sock.recv(65536))
-        except mplog.ProtocolError as exc:
-            return str(exc)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def _raw_lines(out: pathlib.Path) -> list[bytes]:
     return out.read_bytes().splitlines() if out.exists() else []
 
@@ -139,7 +104,7 @@ def serve(tmp_path: pathlib.Path) -> Any:
 
 def test_the_lines_written_are_the_slow_paths_records(tmp_path: pathlib.Path, serve: Any) -> None:
     srv = serve()
-    client = _Client(srv.port, "fast-variety")
+    client = MplogWireClient(srv.port, "fast-variety")
     for i, (body, _) in enumerate(RECORDS):
         client.send(2 * (i + 1), body)
     client.acked(len(RECORDS))
@@ -176,12 +141,12 @@ def test_a_body_that_is_not_one_json_object_is_refused_as_before(
     with pytest.raises(mplog.ProtocolError) as expected:
         record_object(body)  # the wire's words for it, as the slow path said them
     srv = serve()
-    bad = _Client(srv.port, "fast-hostile")
+    bad = MplogWireClient(srv.port, "fast-hostile")
     bad.send(2, body)
     assert bad.refusal() == one_line(str(expected.value), 500)
     bad.close()
     # Served on, nothing of the bad record written, the next client's record written.
-    good = _Client(srv.port, "fast-next")
+    good = MplogWireClient(srv.port, "fast-next")
     good.send(2, b'{"msg":"fine"}')
     good.acked(1)
     good.close()
@@ -195,7 +160,7 @@ def test_a_body_that_is_not_one_json_object_is_refused_as_before(
 
 def test_a_colliding_key_cannot_forge_the_sender_or_seq(serve: Any) -> None:
     srv = serve()
-    client = _Client(srv.port, "fast-honest")
+    client = MplogWireClient(srv.port, "fast-honest")
     client.send(2, b'{"msg":"x","mplog_sender":"someone-else","mplog_seq":99}')
     client.send(4, b'{"msg":"y","mplog_s\\u0065q":98}')  # the same key, escaped
     client.acked(2)
@@ -217,7 +182,7 @@ def test_resent_records_are_written_once_across_reconnects_and_restarts(
     srv = serve(out=out)
 
     def send(seqs: list[int]) -> int:
-        client = _Client(srv.port, "fast-resend")
+        client = MplogWireClient(srv.port, "fast-resend")
         resume = client.session.resume_acked
         for seq in seqs:
             client.send(seq, _enc({**_BASE, "args": None, "i": seq}))
@@ -245,7 +210,7 @@ def test_hmac_on_a_tampered_frame_is_refused_and_not_written(
     keyfile = tmp_path / "key"
     keyfile.write_bytes(KEY)
     srv = serve("--hmac-key-file", str(keyfile))
-    client = _Client(srv.port, "fast-signed", KEY)
+    client = MplogWireClient(srv.port, "fast-signed", KEY)
     client.send(2, b'{"msg":"signed"}')
     client.acked(1)
     frame = bytearray(client.session.frame(_SEQ.pack(4) + b'{"msg":"tampered"}'))

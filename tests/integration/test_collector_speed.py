@@ -12,10 +12,7 @@ one JSON object neither written nor acknowledged.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import socket
-import struct
 from typing import Any
 
 import pytest
@@ -24,11 +21,10 @@ import mplog
 from mplog import _collector
 from mplog._collector import Collector, _json_line
 from mplog._text import one_line
-from mplog._wires.mplog import EPOCH_SHIFT, ClientSession, record_object, record_payload
-from tests.helpers import Serve, wait_until
+from mplog._wires.mplog import EPOCH_SHIFT, record_object, record_payload
+from tests.helpers import MplogWireClient, Serve, wait_until
 from tests.helpers import json_same as _same
 
-_SEQ = struct.Struct(">Q")
 _legacy_encoder = json.JSONEncoder(separators=(",", ":"), default=repr)
 _BASE = {"name": "speed", "levelno": 20, "levelname": "INFO", "pathname": "/a/b.py",
          "lineno": 7, "created": 1796137497.78741, "exc_text": None, "stack_info": None}
@@ -52,34 +48,6 @@ def _expected(body: bytes, sender: str, seq: int) -> dict[str, Any]:
     row["mplog_sender"] = sender
     row["mplog_seq"] = seq
     return dict(json.loads(_json_line(row)))
-
-
-class _Client:
-    def __init__(self, port: int, sender: str) -> None:
-        self.session = ClientSession(sender, None, 100_000, nonce=os.urandom(16))
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.sock.sendall(self.session.handshake())
-        while not self.session.ready:
-            self.session.receive(self.sock.recv(65536))
-
-    def send_all(self, records: list[tuple[int, bytes]]) -> None:
-        """All the frames in one send (the collector reads them in few, big reads)."""
-        self.sock.sendall(b"".join(self.session.frame(_SEQ.pack(s) + b) for s, b in records))
-
-    def acked(self, count: int) -> None:
-        got = 0
-        while got < count:
-            got += self.session.receive(self.sock.recv(65536))
-
-    def refusal(self) -> str:
-        try:
-            while True:
-                self.session.receive(self.sock.recv(65536))
-        except mplog.ProtocolError as exc:
-            return str(exc)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _lines(out: pathlib.Path) -> list[bytes]:
@@ -108,7 +76,7 @@ def test_a_big_read_gives_the_slow_paths_records_in_the_senders_bytes(serve: Any
         if i % 250 == 0:
             body = _legacy_encoder.encode({**_BASE, "msg": i}).encode()  # msg not a str
         records.append((2 * i, body))
-    client = _Client(srv.port, "speed-big")
+    client = MplogWireClient(srv.port, "speed-big", window=100_000)
     client.send_all(records)
     client.acked(len(records))
     client.close()
@@ -128,12 +96,12 @@ def test_a_big_read_gives_the_slow_paths_records_in_the_senders_bytes(serve: Any
 
 def test_a_resend_in_one_read_is_written_once(serve: Any) -> None:
     srv = serve()
-    first = _Client(srv.port, "speed-resend")
+    first = MplogWireClient(srv.port, "speed-resend", window=100_000)
     first.send_all([(2 * i, _new(i)) for i in range(1, 301)])
     first.acked(300)
     first.close()
     # A reconnect resends the 300 (acknowledged, but the sender may not know) and more.
-    again = _Client(srv.port, "speed-resend")
+    again = MplogWireClient(srv.port, "speed-resend", window=100_000)
     assert again.session.resume_acked == 600
     again.send_all([(2 * i, _new(i)) for i in range(1, 701)])
     again.acked(700)
@@ -147,7 +115,7 @@ def test_a_resend_in_one_read_is_written_once(serve: Any) -> None:
 def test_a_read_across_spool_epochs_is_deduplicated_per_epoch(serve: Any) -> None:
     srv = serve()
     e1, e2 = 1 << EPOCH_SHIFT, 2 << EPOCH_SHIFT
-    first = _Client(srv.port, "speed-epochs")
+    first = MplogWireClient(srv.port, "speed-epochs", window=100_000)
     first.send_all([(e2 + 2 * i, _new(i)) for i in range(1, 11)])  # epoch 2 up to e2+20
     first.acked(10)
     first.close()
@@ -155,7 +123,7 @@ def test_a_read_across_spool_epochs_is_deduplicated_per_epoch(serve: Any) -> Non
     # (the first 10 are written already).
     sent = [(e1 + 2 * i, _new(i)) for i in range(1, 21)] + [
         (e2 + 2 * i, _new(i)) for i in range(1, 31)]
-    second = _Client(srv.port, "speed-epochs")
+    second = MplogWireClient(srv.port, "speed-epochs", window=100_000)
     second.send_all(sent)
     second.acked(len(sent))
     second.close()
@@ -172,7 +140,7 @@ def test_one_bad_body_in_a_big_read_refuses_the_read(serve: Any) -> None:
     bad = b'{"msg":"a"},{"msg":"b"}'
     with pytest.raises(mplog.ProtocolError) as expected:
         record_object(bad)
-    client = _Client(srv.port, "speed-bad")
+    client = MplogWireClient(srv.port, "speed-bad", window=100_000)
     records = [(2 * i, _new(i)) for i in range(1, 41)]
     records[20] = (42, bad)
     client.send_all(records)
@@ -204,7 +172,7 @@ def test_flat_records_take_the_one_parse_path(tmp_path: pathlib.Path,
     collector = mplog.Collector(port=0, output=str(out))
     collector.start()
     try:
-        client = _Client(collector.port, "speed-inproc")
+        client = MplogWireClient(collector.port, "speed-inproc", window=100_000)
         client.send_all([(2 * i, _new(i)) for i in range(1, 501)])
         client.acked(500)
         assert calls == []

@@ -110,14 +110,14 @@ IDLE_TICK = 0.25
 ORPHAN_CLOSE_TIMEOUT = 1.0
 
 _clients: weakref.WeakSet[IntakeClient] = weakref.WeakSet()
+_fork_hook_registered = False
+_registry_lock = threading.Lock()
 
 
 def _timeval(seconds: float) -> bytes:
     """*seconds* as a ``struct timeval``, for SO_SNDTIMEO / SO_RCVTIMEO."""
     whole = int(seconds)
     return struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
-_fork_hook_registered = False
-_registry_lock = threading.Lock()
 
 
 #: At exit, how long a process waits for the listener to acknowledge what it wrote last.

@@ -8,6 +8,7 @@ orphans would not show up as children of the test).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -263,8 +264,6 @@ def test_rounds_interleave_the_setups_and_report_medians_and_ranges(tmp_path: pa
     assert begun == [(s, "1") for s in SETUPS] + [(s, "2") for s in SETUPS[1:] + SETUPS[:1]], proc.stderr
     md = out.read_text()
     assert "2 rounds, the setups' order rotated each round" in md
-    import json
-
     data = json.loads((tmp_path / "b.json").read_text())
     assert len(data["pipeline_rounds"]) == 8 and len(data["pipeline"]) == 4
     rows = {r[0]: r for r in _table_rows(md, "### Side by side")}

@@ -43,6 +43,12 @@ class Receiver:
         self.out = tmp / f"received-{time.monotonic_ns()}.jsonl"
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
+        # The file only grows (the receiver appends, also after a restart), so each look
+        # parses only the lines added since the last one: a test polling a file that a
+        # steady stream fills must not re-read it whole every 10 ms.
+        self._events: list[dict[str, Any]] = []
+        self._parsed_to = 0
+        self._scanned_to = 0
         self.start()
 
     def start(self) -> None:
@@ -71,11 +77,20 @@ class Receiver:
         if self.proc is not None:
             self.kill()
 
-    def events(self) -> list[dict[str, Any]]:
+    def _new_lines(self, since: int) -> tuple[bytes, int]:
+        """The complete lines written after byte *since*, and the offset after them."""
         if not self.out.exists():
-            return []
-        text = self.out.read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+            return b"", since
+        with self.out.open("rb") as f:
+            f.seek(since)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        return data[:end], since + end
+
+    def events(self) -> list[dict[str, Any]]:
+        data, self._parsed_to = self._new_lines(self._parsed_to)
+        self._events.extend(json.loads(line) for line in data.splitlines() if line.endswith(b"}"))
+        return list(self._events)
 
     def records(self) -> list[dict[str, Any]]:
         return [e for e in self.events() if e["event"] == "record"]
@@ -98,6 +113,24 @@ class Receiver:
             return recs if len(recs) >= n else None
 
         return wait_until(enough, timeout, f"{n} records at the receiver")  # type: ignore[no-any-return]
+
+    def wait_for_bytes(self, needle: bytes, timeout: float = 30.0) -> None:
+        """Wait until *needle* appears in a line written after the last such wait.
+
+        Scans the file's new bytes without parsing them, for tests whose stream is too
+        large to keep as dicts. A later wait starts after the line that held *needle*.
+        """
+
+        def found() -> bool:
+            data, end = self._new_lines(self._scanned_to)
+            at = data.find(needle)
+            if at < 0:
+                self._scanned_to = end  # a needle holds no newline, so it never spans lines
+                return False
+            self._scanned_to += data.index(b"\n", at) + 1
+            return True
+
+        wait_until(found, timeout, f"{needle!r} at the receiver")
 
 
 #: Helpers the stdlib's multiprocessing starts once per test process (by the tests' own
@@ -155,6 +188,12 @@ class Serve:
         self.port = port
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
+        # The file only grows (the receiver appends, also after a restart), so each look
+        # parses only the lines added since the last one: a test polling a file that a
+        # steady stream fills must not re-read it whole every 10 ms.
+        self._events: list[dict[str, Any]] = []
+        self._parsed_to = 0
+        self._scanned_to = 0
         self.start()
 
     def start(self) -> None:

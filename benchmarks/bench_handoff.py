@@ -1,16 +1,18 @@
-"""The worker's hand-off, alone: one record's write into the intake socket, against a write
-into a per-process shared-memory ring (a file-backed ``mmap``), the alternative issue 12
-asks to evaluate. Both run side by side in one process, interleaved, min of many repeats.
+"""The worker's hand-off, alone: one record's write into the intake (its record pipe, and
+the socket it replaced), against a write into a per-process shared-memory ring (a
+file-backed ``mmap``), the alternative issue 12 asks to evaluate. Both run side by side in one process, interleaved, min of many repeats.
 
     python benchmarks/bench_handoff.py [--calls 2000] [--repeats 40]
 
 What is timed, per record, with ``time.process_time()``:
 
-- ``socket``: ``IntakeClient.send`` on a real connection to a real listener (a pipeline
+- ``send``: ``IntakeClient.send`` on a real connection to a real listener (a pipeline
   started with a SocketHandler to a local sink), i.e. what a worker's log call pays after
-  encoding: the lock, the bookkeeping for a resend, one ``send`` system call.
-- ``sendall``: the bare ``sendall`` on that same socket (the system call and CPython's
+  encoding: the lock, the bookkeeping for a resend, one ``write`` into the record pipe.
+- ``write``: the bare ``os.write`` on that same pipe (the system call and CPython's
   wrapper, nothing of ours).
+- ``send_sock``, ``sendall``: the same two on a connection without a pipe
+  (``MPLOG_INTAKE_PIPE=0``: records on the Unix socket, as before the pipe).
 - ``ring``: a prototype ring write, the least a ring would have to do: read the consumer's
   position, copy the frame in (two slices when it wraps), publish the new write position,
   read the consumer's "asleep" flag (to know whether to wake it). The consumer side is not
@@ -28,6 +30,7 @@ import argparse
 import logging
 import mmap
 import os
+import select
 import socket
 import struct
 import sys
@@ -93,6 +96,14 @@ def _sink(srv: socket.socket, stop: threading.Event) -> None:
                          daemon=True).start()
 
 
+def _write(fd: int, frame: bytes) -> None:
+    try:
+        os.write(fd, frame)
+    except BlockingIOError:  # the pipe is full (the listener naps): wait, never drop bytes
+        select.select([], [fd], [], 10)
+        _write(fd, frame)
+
+
 def _best(fn: Callable[[], object], calls: int, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -117,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         [mplog.SocketHandler("127.0.0.1", srv.getsockname()[1])], install=False
     ) as pipeline:
         client = mplog.QueueHandler(pipeline.address).queue
+        os.environ["MPLOG_INTAKE_PIPE"] = "0"
+        try:
+            sock_client = mplog.QueueHandler(pipeline.address).queue
+        finally:
+            del os.environ["MPLOG_INTAKE_PIPE"]
         rec = logging.LogRecord("bench", logging.INFO, __file__, 1,
                                 "request %d handled in %.3f ms", (7, 1.25), None)
         frame = encode_pickle(rec)
@@ -124,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         fmt_rec = logging.makeLogRecord(dict(rec.__dict__))
         ring = _Ring(os.path.join(d, "ring"))
         pid = os.getpid()
-        sock = client._sock
-        assert sock is not None
+        sock, wfd = sock_client._sock, client._wfd
+        assert sock is not None and wfd >= 0 and sock_client._wfd < 0
         cases: dict[str, Callable[[], object]] = {
-            "socket": lambda: client.send(frame, pid),
+            "send": lambda: client.send(frame, pid),
+            "write": lambda: _write(wfd, frame),
+            "send_sock": lambda: sock_client.send(frame, pid),
             "sendall": lambda: sock.sendall(frame),
             "ring": lambda: ring.write(frame),
             "format": lambda: fmt.format(fmt_rec),
@@ -142,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     srv.close()
     print(f"frame {len(frame)} bytes; µs per record, min of {args.repeats} x {args.calls}:")
     for name, v in best.items():
-        print(f"  {name:8s} {v:6.2f}")
-    print(f"ring / socket: {best['ring'] / best['socket']:.2f}x")
+        print(f"  {name:9s} {v:6.2f}")
+    print(f"send (pipe) / send_sock: {best['send'] / best['send_sock']:.2f}x; "
+          f"ring / send: {best['ring'] / best['send']:.2f}x")
     return 0
 
 

@@ -3,9 +3,12 @@ listener's selector server.
 
 Rules this module keeps (client):
 
-- One Unix stream connection per process, opened lazily, written with one ``sendall`` per
-  record under a per-connection lock, before ``emit()`` returns: nothing waits in the
-  worker, so ``os._exit`` or SIGKILL right after a log call loses nothing.
+- One Unix stream connection per process, opened lazily. Its first message hands the
+  listener the read end of a pipe; every record is then one ``write`` into that pipe,
+  under a per-connection lock, before ``emit()`` returns: nothing waits in the worker, so
+  ``os._exit`` or SIGKILL right after a log call loses nothing. (A pipe write costs half
+  a Unix socket send; the socket carries the greeting, the acknowledgements and control
+  messages. Without a pipe, records go on the socket, as they did before.)
 - Fork safety: ``os.register_at_fork`` gives every child fresh locks and no inherited
   connection (a child never shares a socket, or a half-written frame, with its parent).
 - A listener that cannot be reached (being restarted) is retried for a bounded time per
@@ -30,6 +33,8 @@ Rules this module keeps (server, :class:`IntakeServer`):
 
 from __future__ import annotations
 
+import array
+import fcntl
 import logging
 import os
 import pathlib
@@ -73,6 +78,11 @@ RETRY_INTERVAL = 0.02
 SEND_BUFFER = 1024 * 1024
 #: A send that makes no progress for this long is abandoned (the listener is stuck).
 SEND_TIMEOUT = 60.0
+#: Capacity asked for a worker's record pipe (the kernel default is 64 KiB; an unprivileged
+#: process may ask up to /proc/sys/fs/pipe-max-size, 1 MiB by default). Room for bursts:
+#: a worker waits only when the listener is this far behind.
+PIPE_SIZE = 256 * 1024
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", None)
 #: The listener's acknowledgement: how many record frames of this connection it has
 #: handled (passed to the handlers, so spooled where there is a spool), cumulative.
 ACK = struct.Struct(">Q")
@@ -180,6 +190,8 @@ class IntakeClient:
         self._depth = 0
         self._pending: deque[bytes] = deque()
         self._sock: socket.socket | None = None
+        #: The write end of the connection's record pipe; -1: records go on the socket.
+        self._wfd = -1
         self._pid = os.getpid()
         self._retain_init()
         self._outage_deadline: float | None = None
@@ -192,6 +204,8 @@ class IntakeClient:
         self._lost_last = 0.0
         #: Records this process could not hand to the listener (written to stderr instead).
         self.lost_total = 0
+        #: Connections whose pipe kept the kernel's default capacity (see _open_pipe).
+        self.small_pipes = 0
         with _registry_lock:
             _clients.add(self)
             if not _fork_hook_registered:
@@ -290,9 +304,7 @@ class IntakeClient:
         self._lock = threading.RLock()
         self._depth = 0
         self._pending = deque()
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+        self._disconnect()  # closes only this process's copies of the parent's fds
         self._pid = os.getpid()
         self._retain_init()  # the parent's records are the parent's to resend
         self._outage_deadline = None
@@ -329,15 +341,83 @@ class IntakeClient:
                 before = (self._acked, len(self._ack_part), self._greeted)
                 self._read_acks(sock)
                 if (self._acked, len(self._ack_part), self._greeted) == before:  # EOF
-                    self._sock = None
-                    sock.close()
+                    self._disconnect()
             return True
 
     def close(self) -> None:
         with self._lock:
-            sock, self._sock = self._sock, None
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Forget the current connection: close its socket and its record pipe."""
+        sock, self._sock = self._sock, None
+        wfd, self._wfd = self._wfd, -1
         if sock is not None:
             sock.close()
+        if wfd >= 0:
+            os.close(wfd)
+
+    def _open_pipe(self, s: socket.socket) -> int:
+        """Send HELLO on the new connection *s* with the read end of a new pipe for the
+        records (SCM_RIGHTS); return its write end, or -1 if there is no pipe (records
+        then go on the socket). Raises OSError if *s* broke."""
+        if os.environ.get("MPLOG_INTAKE_PIPE", "1") == "0":
+            s.sendall(HELLO)
+            return -1
+        try:
+            r, w = os.pipe()  # both ends close-on-exec: an exec'd child holds neither
+        except OSError:  # out of file descriptors: the socket carries the records
+            s.sendall(HELLO)
+            return -1
+        try:
+            if _F_SETPIPE_SZ is not None:
+                try:
+                    fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+                except OSError:
+                    # Over the user's pipe-user-pages budget (or an old kernel): the
+                    # default capacity works, the worker waits for the listener sooner.
+                    self.small_pipes += 1
+            # Non-blocking: a full pipe is waited for with a deadline (_write_rest), so a
+            # stuck listener never blocks a worker for longer than send_timeout.
+            os.set_blocking(w, False)
+            fds = array.array("i", [r])
+            if s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]) != len(HELLO):
+                raise OSError("the hello was cut short")
+        except OSError:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)  # the listener has its own copy now
+        return w
+
+    def _write(self, frame: bytes) -> None:
+        """Write *frame* whole on the current connection (its pipe, else its socket);
+        OSError if the listener went or made no progress for send_timeout."""
+        wfd = self._wfd
+        if wfd < 0:
+            assert self._sock is not None
+            self._sock.sendall(frame)
+            return
+        try:
+            n = os.write(wfd, frame)
+        except BlockingIOError:
+            n = 0
+        if n != len(frame):
+            self._write_rest(wfd, frame, n)
+
+    def _write_rest(self, wfd: int, frame: bytes, n: int) -> None:
+        """The pipe is full: write the rest of *frame* (from byte *n*) as the listener
+        makes room, for at most send_timeout."""
+        view = memoryview(frame)
+        deadline = time.monotonic() + self.send_timeout
+        while n < len(frame):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [wfd], [], left)[1]:
+                raise TimeoutError(f"the listener took no record for {self.send_timeout} s")
+            try:
+                n += os.write(wfd, view[n:])
+            except BlockingIOError:
+                continue
 
     def _connect(self) -> socket.socket | None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -357,7 +437,7 @@ class IntakeClient:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
             s.connect(self.address)
-            s.sendall(HELLO)
+            wfd = self._open_pipe(s)
         except OSError:
             s.close()
             return None
@@ -366,34 +446,26 @@ class IntakeClient:
         self._acked = 0
         self._unacked_base = 0
         self._ack_part = b""
+        self._sock, self._wfd = s, wfd  # _write and _disconnect work on them from here
         try:
             # The greeting says which format to write; it comes at once from a listener
             # that is running, so the first records are already in it. Without it
             # (a busy listener) records go in the compact format until it is read.
             if select.select([s], [], [], GREETING_WAIT)[0]:
                 self._read_acks(s)
-        except (OSError, ValueError):
-            s.close()
-            return None
-        if self._lost:
-            report = encode_control(
-                {"op": "lost", "count": self._lost, "first": self._lost_first,
-                 "last": self._lost_last, "pid": os.getpid()}
-            )
-            try:
+            if self._lost:
+                report = encode_control(
+                    {"op": "lost", "count": self._lost, "first": self._lost_first,
+                     "last": self._lost_last, "pid": os.getpid()}
+                )
                 s.sendall(report)
-            except OSError:
-                s.close()
-                return None
-            self._lost = 0
-        if self._retained:
+                self._lost = 0
             # A new listener: first the records the old one may never have handled.
-            try:
-                for f in self._retained:
-                    s.sendall(f)
-            except OSError:
-                s.close()
-                return None
+            for f in self._retained:
+                self._write(f)
+        except (OSError, ValueError):
+            self._disconnect()
+            return None
         self._acked = 0
         self._unacked_base = 0
         self._ack_part = b""
@@ -428,19 +500,25 @@ class IntakeClient:
             if self._depth:
                 self._pending.append(frame)
                 return True
-            sock = self._sock
+            wfd = self._wfd
             self._depth = 1
             try:
-                if sock is not None and self._retained_bytes < self._ack_at:
-                    # The common case, inlined: a connection, no acks to read yet.
+                if wfd >= 0 and self._retained_bytes < self._ack_at:
+                    # The common case, inlined: a pipe with room, no acks to read yet.
                     try:
-                        sock.sendall(frame)
+                        try:
+                            n = os.write(wfd, frame)
+                        except BlockingIOError:
+                            n = 0
+                        if n != len(frame):
+                            self._write_rest(wfd, frame, n)
                     except OSError:
                         # The listener went (or is stuck): this connection is done, as in
                         # _send_locked; a partial frame must not be followed by more bytes.
+                        sock = self._sock
+                        assert sock is not None
                         self._read_acks(sock)
-                        self._sock = None
-                        sock.close()
+                        self._disconnect()
                         ok = self._send_locked(frame)  # reconnects and resends
                     else:
                         self._retained.append(frame)
@@ -477,15 +555,14 @@ class IntakeClient:
                 sock = self._sock = self._connect()
             if sock is not None:
                 try:
-                    sock.sendall(frame)
+                    self._write(frame)
                 except OSError:
                     # The listener died or was restarted. A partial frame on the old
                     # connection is discarded there; the whole frame goes again on the
                     # next connection, so it is neither lost nor duplicated. The records
                     # written before it and not acknowledged go again first.
                     self._read_acks(sock)
-                    self._sock = None
-                    sock.close()
+                    self._disconnect()
                 else:
                     self._outage_deadline = None
                     self._retained.append(frame)
@@ -605,6 +682,10 @@ def bind(address: str) -> socket.socket:
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+class _Refused(ProtocolError):
+    """A connection's hello handed over something other than one record pipe."""
+
+
 def _relay_target(listener: QueueListener, handlers: list[logging.Handler]) -> SocketHandler | None:
     """The handler to relay stdlib-wire frames to, if relaying gives every handler what it
     would get otherwise: exactly one handler, a plain ``SocketHandler`` (no filters, no
@@ -638,11 +719,19 @@ def _peer_pid(sock: socket.socket) -> int | None:
 
 
 class _Conn:
-    __slots__ = ("ack_out", "pid", "records", "since", "sock", "splitter")
+    __slots__ = (
+        "ack_out", "fresh", "pid", "pipe", "pipe_splitter", "records", "since", "sock",
+        "splitter",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.splitter = FrameSplitter()
+        #: Nothing read yet: the first read also takes the record pipe the hello carries.
+        self.fresh = True
+        #: The read end of the worker's record pipe (-1: none; records come on the socket).
+        self.pipe = -1
+        self.pipe_splitter = FrameSplitter()
         #: Record frames handled from this connection: acknowledged to the worker (so it
         #: can forget them), and shown by ``mplog top`` with who is writing.
         self.records = 0
@@ -673,6 +762,8 @@ class IntakeServer:
         self.parent_pid = parent_pid
         self.sel = selectors.DefaultSelector()
         self.conns: dict[socket.socket, _Conn] = {}
+        #: Record pipes (read ends), each with the connection that handed it over.
+        self.pipes: dict[int, socket.socket] = {}
         self.received = 0
         self.bad_frames = 0
         self.torn_frames = 0
@@ -732,6 +823,8 @@ class IntakeServer:
                     self._accept()
                 elif tag == "wake":
                     self._drain_wake()
+                elif tag == "pipe":
+                    self._read_pipe(key.fd)
                 else:
                     self._read(key.fileobj)  # type: ignore[arg-type]
             if self._to_ack:
@@ -768,9 +861,51 @@ class IntakeServer:
 
     def _close_conn(self, sock: socket.socket) -> None:
         self._to_ack.pop(sock, None)  # a closed connection reads no acknowledgement
-        if self.conns.pop(sock, None) is not None:
+        conn = self.conns.pop(sock, None)
+        if conn is not None:
             self.sel.unregister(sock)
+            self._close_pipe(conn)
         sock.close()
+
+    def _close_pipe(self, conn: _Conn) -> None:
+        fd, conn.pipe = conn.pipe, -1
+        if fd >= 0:
+            del self.pipes[fd]
+            self.sel.unregister(fd)
+            os.close(fd)
+
+    def _first_read(self, sock: socket.socket, conn: _Conn) -> bytes:
+        """The connection's first bytes, and the record pipe its hello hands over, if any
+        (SCM_RIGHTS). Anything but one pipe closes the connection: a worker's fds are
+        data from another process, and only a pipe is read from here."""
+        flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+        data, ancillary, msg_flags, _ = sock.recvmsg(READ_SIZE, socket.CMSG_SPACE(8), flags)
+        fds = array.array("i")
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        conn.fresh = not data
+        if not fds and not msg_flags & socket.MSG_CTRUNC:
+            return data
+        problem = None
+        if len(fds) != 1 or msg_flags & socket.MSG_CTRUNC:
+            problem = "sent more than one file descriptor"
+        else:
+            try:
+                if not stat.S_ISFIFO(os.fstat(fds[0]).st_mode):
+                    problem = "sent a file descriptor that is not a pipe"
+                else:
+                    os.set_blocking(fds[0], False)
+            except OSError as exc:
+                problem = f"sent an unusable file descriptor ({exc})"
+        if problem is not None:
+            for fd in fds:
+                os.close(fd)
+            raise _Refused(problem)
+        conn.pipe = fds[0]
+        self.pipes[conn.pipe] = sock
+        self.sel.register(conn.pipe, selectors.EVENT_READ, "pipe")
+        return data
 
     def _read(self, sock: socket.socket, drain: bool = False) -> None:
         conn = self.conns.get(sock)
@@ -778,38 +913,69 @@ class IntakeServer:
             return
         while True:
             try:
-                data = sock.recv(READ_SIZE)
+                data = self._first_read(sock, conn) if conn.fresh else sock.recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
+                return
+            except _Refused as exc:
+                self._bad(sock, exc)
                 return
             except OSError:
                 data = b""
-            try:
-                if self.relay is not None:
-                    bodies = conn.splitter.feed_frames(data)
-                else:
-                    bodies = conn.splitter.feed(data)
-            except ProtocolError as exc:
-                if data:
-                    self.bad_frames += 1
-                    sys.stderr.write(f"mplog listener: closing a connection: {exc}\n")
-                else:
-                    self.torn_frames += 1
-                self._close_conn(sock)
+            if not self._take(sock, conn, conn.splitter, data):
                 return
-            if bodies:
-                before = conn.records
-                if self.relay is not None:
-                    if not self._relay_frames(sock, conn, bodies):
-                        return
-                elif not self._process(sock, bodies):
-                    return
-                if conn.records != before:
-                    self._to_ack[sock] = conn
             if not data:
+                if conn.pipe >= 0:
+                    # The worker closed its connection (or exited): everything it wrote
+                    # into its pipe before that is there to read.
+                    self._read_pipe(conn.pipe, drain=True)
                 self._close_conn(sock)
                 return
             if not drain and len(data) < READ_SIZE:
                 return
+
+    def _read_pipe(self, fd: int, drain: bool = False) -> None:
+        sock = self.pipes.get(fd)
+        conn = self.conns.get(sock) if sock is not None else None
+        if sock is None or conn is None:
+            return
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not self._take(sock, conn, conn.pipe_splitter, data):
+                return
+            if not data:
+                self._close_pipe(conn)  # the worker closed it; its socket's EOF follows
+                return
+            if not drain and len(data) < READ_SIZE:
+                return
+
+    def _take(self, sock: socket.socket, conn: _Conn, splitter: FrameSplitter, data: bytes) -> bool:
+        """Split and handle *data*, read from *sock*'s connection (its socket or its
+        pipe: each has its own *splitter*). False if the connection was closed."""
+        try:
+            bodies = splitter.feed_frames(data) if self.relay is not None else splitter.feed(data)
+        except ProtocolError as exc:
+            if data:
+                self.bad_frames += 1
+                sys.stderr.write(f"mplog listener: closing a connection: {exc}\n")
+            else:
+                self.torn_frames += 1
+            self._close_conn(sock)
+            return False
+        if bodies:
+            before = conn.records
+            if self.relay is not None:
+                if not self._relay_frames(sock, conn, bodies):
+                    return False
+            elif not self._process(sock, bodies):
+                return False
+            if conn.records != before:
+                self._to_ack[sock] = conn
+        return True
 
     def _ack_all(self) -> None:
         """Acknowledge what this turn handled, once the counters that include it are
@@ -1001,7 +1167,9 @@ class IntakeServer:
 
     def drain_all(self) -> None:
         """Read and handle everything the workers have written so far."""
-        for sock in list(self.conns):
+        for sock, conn in list(self.conns.items()):
+            if conn.pipe >= 0:
+                self._read_pipe(conn.pipe, drain=True)
             self._read(sock, drain=True)
         if self._to_ack:
             self._ack_all()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import array
 import ctypes
 import json
 import math
 import os
 import pathlib
+import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -257,6 +260,56 @@ def json_same(a: Any, b: Any) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(json_same(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and a == b
+
+
+class IntakePeer:
+    """The listener's side of one accepted intake connection, for tests that stand in for
+    the listener: takes the record pipe the worker's hello hands over (SCM_RIGHTS) and
+    reads frames from the socket and the pipe, each split on its own."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        from mplog._framing import FrameSplitter
+
+        self.sock = conn
+        self.pipe = -1
+        self.closed = False  # the worker closed its connection
+        self.record_bytes = 0  # bytes read from the pipe
+        self._socket_split = FrameSplitter()
+        self._pipe_split = FrameSplitter()
+
+    def poll(self, timeout: float) -> list[bytes]:
+        """The frame bodies that arrive within *timeout* s (maybe none)."""
+        watch = [self.sock] if self.pipe < 0 else [self.sock, self.pipe]
+        ready = select.select(watch, [], [], timeout)[0]
+        bodies: list[bytes] = []
+        if self.pipe in ready:
+            bodies += self._read_pipe()
+        if self.sock in ready:
+            data, ancillary, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4))
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    self.pipe = array.array("i", payload[:4])[0]
+            if data:
+                bodies += self._socket_split.feed(data)
+            else:
+                self.closed = True
+                if self.pipe >= 0:
+                    bodies += self._read_pipe()  # what the worker wrote before it closed
+        return bodies
+
+    def _read_pipe(self) -> list[bytes]:
+        try:
+            data = os.read(self.pipe, 1 << 20)
+        except BlockingIOError:
+            return []
+        self.record_bytes += len(data)
+        return self._pipe_split.feed(data) if data else []
+
+    def close(self) -> None:
+        if self.pipe >= 0:
+            os.close(self.pipe)
+            self.pipe = -1
+        self.sock.close()
 
 
 class MplogWireClient:

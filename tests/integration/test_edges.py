@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import multiprocessing
+import os
 import pathlib
 import queue
 import socket
@@ -484,3 +486,111 @@ def test_the_intake_refuses_oversized_frames_and_partial_frames_cost_little(rece
         for s in held:
             s.close()
     assert p.stats()["bad_frames"] == 1
+
+
+# -- the record pipe a worker's hello hands over --------------------------------------------
+
+
+def _hello_with_fds(address: str, fds: list[int]) -> bytes:
+    """Connect, send the hello with *fds* attached (SCM_RIGHTS), return what the listener
+    sends back before it closes the connection (b"" if it closes at once)."""
+    import array
+
+    from mplog._intake import HELLO
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(address)
+        s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        s.settimeout(10)
+        data = b""
+        while chunk := s.recv(100):
+            data += chunk
+        return data
+
+
+@pytest.mark.parametrize("what", ["a file", "a socket", "two pipes"])
+def test_a_hello_handing_over_anything_but_one_pipe_closes_that_connection_only(receiver: Receiver, start_pipeline, tmp_path: pathlib.Path, what: str) -> None:
+    # The fds a worker passes are data from another process: the listener reads only a
+    # pipe, and only one, and never blocks on what it was handed.
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    pid = p.pid
+    opened: list[int] = []
+    try:
+        if what == "a file":
+            path = tmp_path / "not-a-pipe"
+            path.write_bytes(b"\0" * 100)
+            opened.append(os.open(path, os.O_RDONLY))
+        elif what == "a socket":
+            a, b = socket.socketpair()
+            opened += [a.detach(), b.detach()]
+        else:
+            opened += [*os.pipe(), *os.pipe()]
+        fds = opened[:1] if what != "two pipes" else opened[0::2]
+        assert _hello_with_fds(p.address, fds) == b""  # refused before the greeting
+    finally:
+        for fd in opened:
+            os.close(fd)
+    logging.getLogger("edges.fds").warning("still served")
+    assert p.flush(20)
+    assert receiver.wait_records(1)[0]["msg"] == "still served"
+    st = p.stats()
+    assert p.pid == pid and st["restarts"] == 0 and st["bad_frames"] == 1, st
+
+
+def test_an_oversized_frame_in_the_pipe_closes_that_connection_only(receiver: Receiver, start_pipeline) -> None:
+    from mplog._framing import HEADER
+
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    r, w = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            import array
+
+            from mplog._intake import HELLO
+
+            s.connect(p.address)
+            s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+            os.close(r)
+            r = -1
+            os.write(w, HEADER.pack(16 * 1024 * 1024) + b"R" * 1000)
+            s.settimeout(10)
+            data = b""
+            while chunk := s.recv(100):  # the greeting, then EOF: closed by the listener
+                data += chunk
+        assert data.startswith(b"mplogI\x01")
+    finally:
+        os.close(w)
+        if r >= 0:
+            os.close(r)
+    logging.getLogger("edges.pipe").warning("still served")
+    assert p.flush(20)
+    receiver.wait_records(1)
+    assert p.stats()["bad_frames"] == 1
+
+
+@pytest.mark.parametrize("pipe", ["1", "0"])
+def test_workers_deliver_through_the_pipe_and_without_it(receiver: Receiver, start_pipeline, pipe: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # MPLOG_INTAKE_PIPE=0 (or a process out of fds) writes records on the socket: the
+    # same records arrive, in order, either way.
+    monkeypatch.setenv("MPLOG_INTAKE_PIPE", pipe)
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_log_and_report_pipe, args=(k,)) for k in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == (0 if pipe == "1" else 3)  # 0: wrote into a pipe
+    assert p.flush(20)
+    recs = receiver.wait_records(3 * 500)
+    for k in range(3):
+        assert [r["msg"] for r in recs if r["name"] == f"edges.w{k}"] == [f"r {i}" for i in range(500)]
+    assert p.stats()["dropped"] == 0
+
+
+def _log_and_report_pipe(k: int) -> None:
+    log = logging.getLogger(f"edges.w{k}")
+    for i in range(500):
+        log.info("r %d", i)
+    client = next(h for h in logging.getLogger().handlers if isinstance(h, mplog.QueueHandler)).queue
+    os._exit(0 if client._wfd >= 0 else 3)  # right after the last call: nothing waits

@@ -532,7 +532,7 @@ class Sender:
             room = self._acked.window - len(self._inflight) - len(kinds)
             payloads = self.buffer.pin_more(BATCH_BYTES, room)
             self._sending = True
-        data = head + b"".join([session.frame(p) for p in payloads])
+        data = head + session.frames(payloads)  # a sealed mplog session: one MAC
         kinds.extend([False] * len(payloads))
         error = self._write_all(sock, data)
         with self._cond:

@@ -191,12 +191,6 @@ class Serve:
         self.port = port
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
-        # The file only grows (the receiver appends, also after a restart), so each look
-        # parses only the lines added since the last one: a test polling a file that a
-        # steady stream fills must not re-read it whole every 10 ms.
-        self._events: list[dict[str, Any]] = []
-        self._parsed_to = 0
-        self._scanned_to = 0
         self.start()
 
     def start(self) -> None:

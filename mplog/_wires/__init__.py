@@ -42,6 +42,11 @@ class Session(Protocol):
         """Frame one buffered payload for sending on this connection, now."""
         ...
 
+    def frames(self, payloads: list[bytes]) -> bytes:
+        """Frame several payloads, in order, for one write (a wire may batch them: the
+        mplog wire's sealed sessions MAC them together)."""
+        ...
+
     def receive(self, data: bytes) -> int:
         """Feed received bytes (``b""``: EOF); return how many frames were newly
         acknowledged, in send order. Raises ProtocolError when the session is over."""

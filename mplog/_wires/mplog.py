@@ -27,8 +27,18 @@ Stream layout (both directions after the client's 8-byte preamble)::
                              || type || body)
 
 Client frames: ``H`` hello (JSON, never MACed; with a key it carries ``proof``), ``R``
-record (seq:u64be || JSON object), ``C`` close. Server frames: ``W`` welcome (JSON, with
-the server nonce), ``A`` ack (seq:u64be, cumulative), ``E`` error (UTF-8).
+record (seq:u64be || JSON object), ``S`` seal, ``C`` close. Server frames: ``W`` welcome
+(JSON, with the server nonce), ``A`` ack (seq:u64be, cumulative), ``E`` error (UTF-8).
+
+Sealed sessions (a signed hello with ``"seal": true``, a welcome that says the same):
+record frames carry no MAC; an ``S`` frame after them carries one MAC over their exact
+bytes, and the server takes none of them before it verifies::
+
+    seal mac = HMAC-SHA256(key, prefix || position of the first covered frame:u64be
+                                || b"S" || the covered frames, length prefixes included)
+
+One MAC per batch instead of one per record: the collector's cost of HMAC drops from
+about 2 µs per record to the hashing of the bytes.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ __all__ = [
     "MplogWire",
     "Record",
     "RecordBatch",
+    "SEAL_SPAN",
     "ServerConnection",
     "hello_proof",
     "record_payload",
@@ -106,6 +117,11 @@ _LEN = struct.Struct(">L")
 _SEQ = struct.Struct(">Q")
 _POS = struct.Struct(">Q")
 _R = b"R"
+_S = b"S"
+#: A seal covers frames totalling at most this many bytes (length prefixes included), or
+#: a single frame of any accepted size: what a server holds unverified per connection is
+#: bounded as a partial frame is. Senders seal every batch they write (<= 256 KiB).
+SEAL_SPAN = 256 * 1024
 
 #: What a version-1 peer is told (in a frame it can read) and what it raises with.
 V1_REFUSAL = (
@@ -308,6 +324,15 @@ class ServerConnection:
         self._in_pos = 1  # the hello was client frame 0
         self._out_pos = 0
         self._v1_key: bytes | None = None
+        #: The client asked for a sealed session (its hello); it is one once welcomed.
+        self._seal_asked = False
+        #: Records carry no MAC; ``S`` frames seal them in batches (see the module doc).
+        self.sealed = False
+        # In the buffer (which starts at the first frame the next seal covers): how many
+        # bytes of whole record frames were already looked at, and how many frames: the
+        # next read goes on from there instead of walking them again.
+        self._scanned = 0
+        self._covered = 0
         self.sender: str | None = None
         self.last_seq = 0
 
@@ -319,11 +344,17 @@ class ServerConnection:
             data = self._preamble(data)
             if self._state == "preamble":
                 return []
+        if self._state == "open" and self.sealed:
+            batch = self._sealed_batch(data)
+            pairs = zip(batch.seqs, batch.bodies, strict=True)
+            events: list[Hello | Record | Close] = [
+                Record(seq, record_object(body)) for seq, body in pairs]
+            return [*events, Close()] if batch.close else events
         self._split.feed(data)
         if self._state == "v1":
             self._refuse_v1()
             return []
-        events: list[Hello | Record | Close] = []
+        events = []
         while (frame := self._split.next()) is not None:
             state = self._state
             if state == "open":
@@ -358,6 +389,8 @@ class ServerConnection:
                 else:  # receive() parses records only in the open state
                     raise AssertionError("a record before the welcome")
             return batch
+        if self.sealed:
+            return self._sealed_batch(data)
         split = self._split
         if split._buf:
             buf = bytes(split._buf) + data  # the partial frame left by the last read
@@ -439,6 +472,103 @@ class ServerConnection:
             split._buf += buf[pos:] if pos else buf
         return batch
 
+    def _sealed_batch(self, data: bytes) -> RecordBatch:
+        """:meth:`receive_batch` for a sealed session: the records of every whole batch
+        whose seal verifies; the frames after the last seal wait in the buffer (they are
+        nothing until sealed). Checks, in order, per frame: its length (before buffering),
+        its type, the span its seal would cover; per seal: the MAC over the covered bytes,
+        then every covered record's length, seq range and order."""
+        batch = RecordBatch()
+        split = self._split
+        if split._buf:
+            buf = bytes(split._buf) + data  # the unsealed frames left by the last read
+            split._buf.clear()
+        else:
+            buf = data
+        mac = self._mac
+        assert mac is not None  # sealed implies signed
+        view = memoryview(buf)
+        limit = split._limit
+        unpack_len, unpack_seq = _LEN.unpack_from, _SEQ.unpack_from
+        shortest = 1 + _SEQ.size + 2  # a record frame's type, seq and "{}"
+        seqs, bodies = batch.seqs, batch.bodies
+        last = self.last_seq
+        in_pos = self._in_pos
+        end = len(buf)
+        start = 0  # the first frame the next seal covers
+        scan, covered = self._scanned, self._covered  # frames since the last seal
+        try:
+            while end - scan >= 4:
+                (n,) = unpack_len(buf, scan)
+                if n > limit:
+                    raise RemoteProtocolError(f"client sent a frame of {n} bytes (limit {limit})")
+                if n < 1:
+                    raise RemoteProtocolError("client sent an empty frame")
+                stop = scan + 4 + n
+                if stop > end:
+                    break  # not whole yet: kept for the next read
+                if batch.close:
+                    raise RemoteProtocolError("client sent a frame after its close")
+                kind = buf[scan + 4]
+                if kind == 82:  # b"R": covered by the next seal
+                    if covered and stop - start > SEAL_SPAN:
+                        raise RemoteProtocolError(
+                            f"client sent more than {SEAL_SPAN} bytes of records without a seal")
+                    covered += 1
+                    scan = stop
+                    continue
+                if kind == 83:  # b"S"
+                    if n != 1 + MAC_SIZE or not covered:
+                        raise RemoteProtocolError(
+                            "client sent a malformed seal" if covered else
+                            "client sent a seal that covers no record")
+                    inner = mac._inner.copy()
+                    inner.update(_POS.pack(in_pos) + _S)
+                    inner.update(view[start:scan])
+                    outer = mac._outer.copy()
+                    outer.update(inner.digest())
+                    if not hmac.compare_digest(view[scan + 5 : stop], outer.digest()):
+                        raise RemoteProtocolError(
+                            "client sent a seal with a wrong HMAC (records tampered with, or "
+                            "replayed or spliced from another connection or position)"
+                        )
+                    in_pos += covered + 1
+                    at = start
+                    while at < scan:  # verified: now look at the records
+                        (k,) = unpack_len(buf, at)
+                        if k < shortest:
+                            raise RemoteProtocolError("client sent a record frame too short")
+                        (seq,) = unpack_seq(buf, at + 5)
+                        if not last < seq < SEQ_LIMIT:
+                            if not 0 < seq < SEQ_LIMIT:
+                                raise RemoteProtocolError(
+                                    f"client sent seq {seq}, outside 1 .. 2**63-1")
+                            raise RemoteProtocolError(f"client sent seq {seq} after {last}")
+                        last = seq
+                        seqs.append(seq)
+                        bodies.append(buf[at + 13 : at + 4 + k])
+                        at += 4 + k
+                    start = scan = stop
+                    covered = 0
+                    continue
+                if kind == 67:  # b"C": MACed on its own, after a seal
+                    if covered:
+                        raise RemoteProtocolError("client closed with records it never sealed")
+                    _, _, in_pos = _open(buf[scan + 4 : stop], "client", mac, in_pos)
+                    batch.close = True
+                    start = scan = stop
+                    continue
+                raise RemoteProtocolError(f"client sent unknown frame type {bytes([kind])!r}")
+        finally:
+            self.last_seq = last
+            self._in_pos = in_pos
+            if batch.close:
+                self._state = "closed"
+        self._scanned, self._covered = scan - start, covered
+        if start < end:
+            split._buf += buf[start:] if start else buf
+        return batch
+
     def _preamble(self, data: bytes) -> bytes:
         need = len(MAGIC) - len(self._pre)
         self._pre += data[:need]
@@ -505,6 +635,10 @@ class ServerConnection:
                 raise RemoteProtocolError("client hello has a wrong HMAC (different key)")
         elif self._key is not None:
             raise RemoteProtocolError("this collector requires HMAC-signed frames")
+        seal = hello.get("seal", False)
+        if not isinstance(seal, bool):
+            raise RemoteProtocolError("hello: 'seal' must be true or false")
+        self._seal_asked = seal and signed
         self.sender = sender
         self._client_nonce = nonce
         return Hello(sender, min(window, self._window))
@@ -542,11 +676,14 @@ class ServerConnection:
         if not isinstance(nonce, bytes) or not NONCE_SIZE <= len(nonce) <= MAX_NONCE:
             raise ValueError(f"the server nonce must be {NONCE_SIZE} to {MAX_NONCE} bytes")
         assert self.sender is not None
-        body = json.dumps(
-            {"version": VERSION, "acked": acked, "window": window, "nonce": nonce.hex()}
-        ).encode()
+        welcome: dict[str, Any] = {
+            "version": VERSION, "acked": acked, "window": window, "nonce": nonce.hex()}
+        if self._seal_asked:
+            welcome["seal"] = True
+        body = json.dumps(welcome).encode()
         if self._key is not None:
             self._mac = _SessionMac(self._key, self.sender, self._client_nonce, nonce)
+        self.sealed = self._seal_asked
         self._state = "open"
         return self._out(b"W", body)
 
@@ -572,11 +709,14 @@ class ClientSession:
     """The client side of one connection (an acknowledged-wire Session).
 
     *nonce*: 16 fresh random bytes for this connection; required with a *key* (a signed
-    session binds every frame the server sends to it), optional without.
+    session binds every frame the server sends to it), optional without. *seal*: with a
+    key, ask for a sealed session (records MACed in batches, see :meth:`frames`); the
+    server's welcome decides (:attr:`sealed`).
     """
 
     def __init__(
         self, sender: str, key: bytes | None, window: int, *, nonce: bytes | None = None,
+        seal: bool = False,
     ) -> None:
         if not _SENDER_RE.match(sender):
             raise ValueError(f"bad sender id {sender!r}")
@@ -595,6 +735,9 @@ class ClientSession:
         self._out_pos = 1  # the hello is client frame 0
         self._in_pos = 1  # the welcome is server frame 0
         self._inflight: deque[int] = deque()
+        self._seal = seal and key is not None
+        #: The welcome agreed to seal: records go in batches, each ending with a seal.
+        self.sealed = False
         self.ready = False
         #: Highest seq the server says it had already written when we connected.
         self.resume_acked = 0
@@ -608,11 +751,16 @@ class ClientSession:
         if self._key is not None:
             # Proves the key before any record is sent, so a wrong key is refused at once.
             hello["proof"] = hello_proof(self._key, self._sender, self._nonce).hex()
+            if self._seal:
+                hello["seal"] = True
         body = b"H" + json.dumps(hello).encode()
         return MAGIC + _LEN.pack(len(body)) + body
 
     def frame(self, payload: bytes) -> bytes:
-        """Frame a payload made by :func:`record_payload` (seq already inside)."""
+        """The bytes that send a payload made by :func:`record_payload` (seq already
+        inside): its frame, and in a sealed session the seal after it."""
+        if self.sealed:
+            return self.frames([payload])
         if not self.ready:
             raise RuntimeError("frame() before the server's welcome")
         self._inflight.append(_SEQ.unpack_from(payload)[0])
@@ -622,6 +770,45 @@ class ClientSession:
         tag = mac.mac(self._out_pos, _R, payload)
         self._out_pos += 1
         return b"".join((_LEN.pack(len(payload) + 1 + MAC_SIZE), _R, payload, tag))
+
+    def frames(self, payloads: list[bytes]) -> bytes:
+        """The bytes that send *payloads*, in order: in a sealed session the record frames
+        with a seal after each :data:`SEAL_SPAN` bytes of them and after the last (so what
+        is written is always sealed); otherwise :meth:`frame` of each."""
+        if not self.sealed:
+            return b"".join([self.frame(p) for p in payloads])
+        if not self.ready:
+            raise RuntimeError("frames() before the server's welcome")
+        mac = self._mac
+        assert mac is not None
+        out: list[bytes] = []
+        group: list[bytes] = []
+        size = 0
+        pack_len, seqs = _LEN.pack, self._inflight
+        for p in payloads:
+            frame = pack_len(len(p) + 1) + _R + p
+            if group and size + len(frame) > SEAL_SPAN:
+                out.append(self._sealed(group))
+                group, size = [], 0
+            group.append(frame)
+            size += len(frame)
+            seqs.append(_SEQ.unpack_from(p)[0])
+        if group:
+            out.append(self._sealed(group))
+        return b"".join(out)
+
+    def _sealed(self, group: list[bytes]) -> bytes:
+        """*group* (whole record frames) and the seal that covers them."""
+        mac = self._mac
+        assert mac is not None
+        covered = b"".join(group)
+        inner = mac._inner.copy()
+        inner.update(_POS.pack(self._out_pos) + _S)
+        inner.update(covered)
+        outer = mac._outer.copy()
+        outer.update(inner.digest())
+        self._out_pos += len(group) + 1
+        return covered + _LEN.pack(1 + MAC_SIZE) + _S + outer.digest()
 
     def close_frame(self) -> bytes:
         """``C``, or nothing before the welcome (there is no session to close yet)."""
@@ -694,6 +881,11 @@ class ClientSession:
                     "welcome replayed from another connection)"
                 )
             self._mac = mac
+            granted = w.get("seal", False)
+            if granted is not False and not (granted is True and self._seal):
+                raise RemoteProtocolError(
+                    "server sent a welcome with a 'seal' this client did not ask for")
+            self.sealed = granted
         self.resume_acked = acked_seq
         self.window = min(self.window, window)
         self.ready = True
@@ -797,6 +989,8 @@ class MplogWire:
         return record_payload(seq - 1, record)
 
     def new_session(self) -> ClientSession:
-        """A session for one new connection, with a fresh client nonce."""
+        """A session for one new connection, with a fresh client nonce; signed sessions
+        ask to be sealed (a collector that does not know seals ignores the ask, and the
+        session then MACs every frame)."""
         return ClientSession(self.sender_id, self.key, self.window,
-                             nonce=self.random_bytes(NONCE_SIZE))
+                             nonce=self.random_bytes(NONCE_SIZE), seal=True)

@@ -189,6 +189,9 @@ class _Session:
     def frame(self, payload: bytes) -> bytes:
         return self._relp.syslog_frame(payload)
 
+    def frames(self, payloads: list[bytes]) -> bytes:
+        return b"".join([self._relp.syslog_frame(p) for p in payloads])
+
     def receive(self, data: bytes) -> int:
         return self._relp.receive(data)
 

@@ -15,6 +15,8 @@ import socket
 import struct
 import time
 
+import pytest
+
 import mplog
 from tests.helpers import Serve, wait_until
 
@@ -145,11 +147,18 @@ def test_hmac_right_key_works_wrong_key_refused(tmp_path: pathlib.Path, start_pi
         srv.stop()
 
 
-def test_collector_killed_5_times_exactly_once(tmp_path: pathlib.Path, start_pipeline) -> None:
+@pytest.mark.parametrize("keyed", [False, True], ids=["unsigned", "sealed"])
+def test_collector_killed_5_times_exactly_once(tmp_path: pathlib.Path, start_pipeline, keyed: bool) -> None:
+    # Keyed, the sessions are sealed (one MAC per batch): a kill lands between records and
+    # their seal as often as not, and what was never sealed must come again, once.
     workers, per_worker = 8, 50_000 // 8
-    srv = Serve(tmp_path / "out.jsonl")
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(b"sealed-sessions-key")
+    extra = ("--hmac-key-file", str(keyfile)) if keyed else ()
+    srv = Serve(tmp_path / "out.jsonl", 0, *extra)
     try:
-        h = mplog.SocketHandler("127.0.0.1", srv.port, wire="mplog")
+        kw = {"hmac_key_file": str(keyfile)} if keyed else {}
+        h = mplog.SocketHandler("127.0.0.1", srv.port, wire="mplog", **kw)
         h.retryStart, h.retryMax = 0.05, 0.2
         p = start_pipeline([h])
         ctx = multiprocessing.get_context("fork")
@@ -173,6 +182,30 @@ def test_collector_killed_5_times_exactly_once(tmp_path: pathlib.Path, start_pip
         _assert_exactly_once_in_order(srv.lines(), per_worker, workers)
         assert srv.terminate() == 0
     finally:
+        srv.stop()
+
+
+def test_a_keyed_collector_seals_a_real_senders_batches(tmp_path: pathlib.Path) -> None:
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(b"sealed-sessions-key")
+    srv = Serve(tmp_path / "out.jsonl", 0, "--hmac-key-file", str(keyfile))
+    h = mplog.SocketHandler("127.0.0.1", srv.port, wire="mplog", hmac_key_file=str(keyfile))
+    try:
+        log = logging.getLogger("collector.sealed")
+        log.addHandler(h)
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        for i in range(3000):  # several batches: more than a seal may cover
+            log.info("sealed %d %s", i, "x" * 200)
+        h.flush(30)
+        wait_until(lambda: srv.count() >= 3000, 30, "3000 lines")
+        assert [r["msg"] for r in srv.lines()] == [f"sealed {i} {'x' * 200}" for i in range(3000)]
+        session = h._sender._session
+        assert session is not None and session.sealed  # the collector granted it
+        assert h.stats()["sent"] == 3000
+    finally:
+        log.removeHandler(h)
+        h.close()
         srv.stop()
 
 

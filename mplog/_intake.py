@@ -143,7 +143,7 @@ def _drain_all_at_exit() -> None:
 def _register_exit_drain() -> None:
     """Wait, at exit, until the listener has handled what this process wrote.
 
-    A record is in the socket between the process and the listener when the log call
+    A record is in the pipe between the process and the listener when the log call
     returns; if the process exits and the listener dies before reading it, it is lost.
     Waiting for the acknowledgement closes that window for every exit that runs exit
     hooks: ``atexit`` (the interpreter's exit, spawn children) and threading's shutdown
@@ -216,7 +216,7 @@ class IntakeClient:
     def _retain_init(self) -> None:
         # Records written on the current connection and not yet acknowledged, oldest
         # first; resent, in order, on the next connection if this one breaks (the
-        # listener died before handling them: they were in the socket between us).
+        # listener died before handling them: they were in the pipe between us).
         self._retained: deque[bytes] = deque()
         self._retained_bytes = 0
         self._acked = 0  # cumulative ack of the current connection
@@ -888,7 +888,9 @@ class IntakeServer:
         if not fds and not msg_flags & socket.MSG_CTRUNC:
             return data
         problem = None
-        if len(fds) != 1 or msg_flags & socket.MSG_CTRUNC:
+        if msg_flags & socket.MSG_CTRUNC and not fds:
+            problem = "handed over a record pipe the listener could not take (out of fds?)"
+        elif len(fds) != 1 or msg_flags & socket.MSG_CTRUNC:
             problem = "sent more than one file descriptor"
         else:
             try:

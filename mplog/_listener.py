@@ -250,6 +250,20 @@ class _Watchdog:
         os._exit(1)
 
 
+def _raise_fd_limit() -> None:
+    """Every worker costs the listener two file descriptors (its socket and the read end
+    of its record pipe): take the hard limit, not the soft one (often 1024), so a few
+    hundred workers do not run the listener out of them."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:  # a hard limit above the kernel's (macOS)
+            sys.stderr.write(f"mplog listener: keeping the soft fd limit {soft}: {exc}\n")
+
+
 def main(cfg: ListenerConfig, ready: Any) -> None:
     """Entry point of the listener process."""
     _set_pdeathsig(signal.SIGUSR1)
@@ -272,6 +286,7 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         starter_fd = -1
         if not _alive(starter_pid):
             return
+    _raise_fd_limit()
     watchdog = _Watchdog(cfg, starter_fd)
     threading.Thread(target=watchdog.run, name="mplog-watchdog", daemon=True).start()
     set_listener_title(starter_pid)

@@ -594,3 +594,20 @@ def _log_and_report_pipe(k: int) -> None:
         log.info("r %d", i)
     client = next(h for h in logging.getLogger().handlers if isinstance(h, mplog.QueueHandler)).queue
     os._exit(0 if client._wfd >= 0 else 3)  # right after the last call: nothing waits
+
+
+def test_the_listener_takes_the_hard_fd_limit() -> None:
+    # Each worker costs the listener two fds (its socket, its pipe's read end): a program
+    # started with a soft limit of 256 still gets a listener that can serve hundreds.
+    code = textwrap.dedent("""
+        import logging, resource, psutil, mplog
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        with mplog.start([logging.NullHandler()], install=False) as p:
+            print(psutil.Process(p.pid).rlimit(psutil.RLIMIT_NOFILE)[0], hard)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT, env=env_with_root())
+    assert r.returncode == 0, r.stderr
+    got, hard = map(int, r.stdout.split())
+    assert hard > 256 and got == hard, r.stdout

@@ -504,7 +504,8 @@ class IntakeClient:
             self._depth = 1
             try:
                 if wfd >= 0 and self._retained_bytes < self._ack_at:
-                    # The common case, inlined: a pipe with room, no acks to read yet.
+                    # The common case, inlined (_write, without a call per record): a pipe
+                    # with room, no acks to read yet.
                     try:
                         try:
                             n = os.write(wfd, frame)

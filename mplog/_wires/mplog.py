@@ -189,6 +189,15 @@ class _Splitter:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    def take(self, data: bytes) -> bytes:
+        """What is buffered, then *data*, as one bytes object; the buffer is emptied
+        (the caller puts back what it leaves)."""
+        if not self._buf:
+            return data
+        buf = bytes(self._buf) + data
+        self._buf.clear()
+        return buf
+
     def next(self) -> bytes | None:
         """The next whole frame's ``type || body || [mac]``, or None until it is whole."""
         buf = self._buf
@@ -392,11 +401,7 @@ class ServerConnection:
         if self.sealed:
             return self._sealed_batch(data)
         split = self._split
-        if split._buf:
-            buf = bytes(split._buf) + data  # the partial frame left by the last read
-            split._buf.clear()
-        else:
-            buf = data
+        buf = split.take(data)  # with the partial frame left by the last read
         view = memoryview(buf)
         limit = split._limit
         mac = self._mac
@@ -480,11 +485,7 @@ class ServerConnection:
         then every covered record's length, seq range and order."""
         batch = RecordBatch()
         split = self._split
-        if split._buf:
-            buf = bytes(split._buf) + data  # the unsealed frames left by the last read
-            split._buf.clear()
-        else:
-            buf = data
+        buf = split.take(data)  # with the unsealed frames left by the last read
         mac = self._mac
         assert mac is not None  # sealed implies signed
         view = memoryview(buf)

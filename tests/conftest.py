@@ -55,3 +55,27 @@ def start_pipeline() -> Iterator[object]:
     yield _start
     for p in started:
         p.stop()
+
+
+#: The suite's longest tests (a 30 s outage, 100k records through real daemons, bench runs,
+#: five kills...), by name prefix: they start first, so that none of them is still running
+#: alone on one xdist worker at the end while the other worker has nothing left to do.
+_LONG_FIRST = (
+    "test_receiver_down_30_s",
+    "test_fork_while_8_threads_log",
+    "test_quick_run_reports_every_setup",
+    "test_100k_records_from_8_workers",
+    "test_prefork_1000_tasks_while_pool_processes_are_killed",
+    "test_partial_frames_capped_by_max_connections",
+    "test_bench_collector_only",
+    "test_orphaned_listener_with_a_stuck_handler_exits",
+    "test_collector_killed_5_times_exactly_once",
+    "test_receiver_starts_3_s_after_logging_began",
+    "test_pools",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A stable sort: the long ones first, everything else in its usual order. Every xdist
+    # worker collects the same list, so they all agree on it.
+    items.sort(key=lambda item: not item.name.startswith(_LONG_FIRST))

@@ -34,6 +34,7 @@ Rules this module keeps (server, :class:`IntakeServer`):
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import logging
 import os
@@ -204,8 +205,6 @@ class IntakeClient:
         self._lost_last = 0.0
         #: Records this process could not hand to the listener (written to stderr instead).
         self.lost_total = 0
-        #: Connections whose pipe kept the kernel's default capacity (see _open_pipe).
-        self.small_pipes = 0
         with _registry_lock:
             _clients.add(self)
             if not _fork_hook_registered:
@@ -371,12 +370,10 @@ class IntakeClient:
             return -1
         try:
             if _F_SETPIPE_SZ is not None:
-                try:
+                # Refused over the user's pipe-user-pages budget: the kernel's default
+                # capacity works too; the worker then waits for the listener sooner.
+                with contextlib.suppress(OSError):
                     fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
-                except OSError:
-                    # Over the user's pipe-user-pages budget (or an old kernel): the
-                    # default capacity works, the worker waits for the listener sooner.
-                    self.small_pipes += 1
             # Non-blocking: a full pipe is waited for with a deadline (_write_rest), so a
             # stuck listener never blocks a worker for longer than send_timeout.
             os.set_blocking(w, False)
@@ -929,8 +926,12 @@ class IntakeServer:
             if not data:
                 if conn.pipe >= 0:
                     # The worker closed its connection (or exited): everything it wrote
-                    # into its pipe before that is there to read.
+                    # into its pipe before that is there to read. A frame it began and
+                    # never finished is counted as torn, as on the socket, also when no
+                    # EOF comes from the pipe (a child of the worker still holds it).
                     self._read_pipe(conn.pipe, drain=True)
+                    if sock in self.conns and not self._take(sock, conn, conn.pipe_splitter, b""):
+                        return
                 self._close_conn(sock)
                 return
             if not drain and len(data) < READ_SIZE:

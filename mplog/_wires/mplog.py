@@ -776,12 +776,8 @@ class ClientSession:
         """The bytes that send *payloads*, in order: in a sealed session the record frames
         with a seal after each :data:`SEAL_SPAN` bytes of them and after the last (so what
         is written is always sealed); otherwise :meth:`frame` of each."""
-        if not self.sealed:
+        if not self.sealed:  # (sealed only once welcomed: frame() checks readiness)
             return b"".join([self.frame(p) for p in payloads])
-        if not self.ready:
-            raise RuntimeError("frames() before the server's welcome")
-        mac = self._mac
-        assert mac is not None
         out: list[bytes] = []
         group: list[bytes] = []
         size = 0

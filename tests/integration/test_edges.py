@@ -568,6 +568,37 @@ def test_an_oversized_frame_in_the_pipe_closes_that_connection_only(receiver: Re
     assert p.stats()["bad_frames"] == 1
 
 
+def test_a_frame_left_half_written_in_a_pipe_still_held_open_is_counted(receiver: Receiver, start_pipeline) -> None:
+    # A worker killed inside a write to a full pipe, with a child of it still holding the
+    # pipe's write end: its socket closes, no EOF comes from the pipe, and the half frame
+    # must be counted (torn_frames, in dropped), as on the socket, not vanish.
+    import array
+
+    from mplog._framing import HEADER
+    from mplog._intake import HELLO
+
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    r, w = os.pipe()  # the test keeps w open: the "child"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(p.address)
+            s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+            os.close(r)
+            r = -1
+            os.write(w, HEADER.pack(1000) + b"}" + b"x" * 99)  # 100 of its 1000 bytes
+            # ours and the stats request's own: the hello and its pipe are taken
+            wait_until(lambda: p.stats()["connections"] >= 2, 10, "the connection taken")
+        st = wait_until(lambda: (x := p.stats())["torn_frames"] == 1 and x, 10, "the torn frame")
+        assert st["dropped"] >= 1 and st["bad_frames"] == 0, st
+    finally:
+        os.close(w)
+        if r >= 0:
+            os.close(r)
+    logging.getLogger("edges.torn").warning("still served")
+    assert p.flush(20)
+    assert receiver.wait_records(1)[0]["msg"] == "still served"
+
+
 @pytest.mark.parametrize("pipe", ["1", "0"])
 def test_workers_deliver_through_the_pipe_and_without_it(receiver: Receiver, start_pipeline, pipe: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # MPLOG_INTAKE_PIPE=0 (or a process out of fds) writes records on the socket: the

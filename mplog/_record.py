@@ -93,7 +93,17 @@ STANDARD_ATTRS: frozenset[str] = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__
 ) | {"message", "asctime", "taskName", "args", "exc_info"}
 #: Size of a plain record's ``__dict__``; only a bigger one can carry extras.
-_BASE_LEN = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_BASE_KEYS = tuple(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_BASE_LEN = len(_BASE_KEYS)
+
+
+def _own_len(d: dict[str, Any]) -> int:
+    """``len(d)`` less what a ``Formatter`` adds (``message``, ``asctime``): derived, never
+    sent, so a record another handler formatted first still takes the fast paths."""
+    n = len(d)
+    if n > _BASE_LEN:
+        n -= ("message" in d) + ("asctime" in d)
+    return n
 
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 _decode_json = json.JSONDecoder().decode
@@ -152,15 +162,31 @@ def _json_safe(value: object) -> Any:
 
 def _extras(record: logging.LogRecord) -> dict[str, Any] | None:
     d = record.__dict__
-    if len(d) <= _BASE_LEN:
-        return None
-    keys = d.keys() - STANDARD_ATTRS
-    return {k: d[k] for k in keys} if keys else None
+    std = STANDARD_ATTRS
+    keys = tuple(d)
+    if keys[:_BASE_LEN] == _BASE_KEYS:
+        # The usual layout: LogRecord.__init__'s attributes first, then what makeRecord
+        # (extra=), filters and formatters added; only those are looked at.
+        return {k: d[k] for k in keys[_BASE_LEN:] if k not in std} or None
+    return {k: v for k, v in d.items() if k not in std} or None
+
+
+#: What a standard attribute a filter deleted travels as (``name`` and ``levelno`` keep
+#: their types: the listener refuses a record without them).
+_FIXED_DEFAULTS: tuple[Any, ...] = ("", 0) + (None,) * 10
+
+
+def _fixed_safe(record: logging.LogRecord) -> tuple[Any, ...]:
+    try:
+        return _fixed(record)
+    except AttributeError:  # a filter deleted one: the record still goes
+        return tuple(getattr(record, f, default)
+                     for f, default in zip(FIELDS[:12], _FIXED_DEFAULTS, strict=True))
 
 
 def _fields(record: logging.LogRecord, msg: str) -> tuple[Any, ...]:
     return (
-        *_fixed(record),
+        *_fixed_safe(record),
         msg,
         _exc_text(record),
         record.stack_info,
@@ -220,7 +246,7 @@ def _dict_fields(record: logging.LogRecord, event: dict[Any, Any], msg: str) -> 
             key += "_"
         extras[key] = v
     return (
-        *_fixed(record), msg, exc_text, record.stack_info, record.__dict__.get("taskName"),
+        *_fixed_safe(record), msg, exc_text, record.stack_info, record.__dict__.get("taskName"),
         extras or None,
     )
 
@@ -258,7 +284,7 @@ def encode(record: logging.LogRecord) -> bytes:
             fields = _dict_fields(record, m, msg)
             text = _to_json(fields)
         elif (
-            len(d) == _BASE_LEN
+            _own_len(d) == _BASE_LEN
             and record.exc_info is None
             and record.exc_text is None
             and record.stack_info is None
@@ -270,11 +296,13 @@ def encode(record: logging.LogRecord) -> bytes:
                 if len(_fixed_cache) >= _CACHE_MAX:
                     _fixed_cache.clear()
                 fixed = _fixed_cache[key] = _to_json(key)[1:-1]
-            text = f"[{fixed},{encode_basestring_ascii(msg)},null,null,null,null]"
+            task = d.get("taskName")  # Python 3.12+: the asyncio task's name, or None
+            task_text = "null" if task is None else encode_basestring_ascii(task)
+            text = f"[{fixed},{encode_basestring_ascii(msg)},null,null,{task_text},null]"
         else:
             fields = _fields(record, msg)
             text = _to_json(fields)
-    except (TypeError, ValueError, RecursionError, OverflowError):
+    except (TypeError, ValueError, RecursionError, OverflowError, AttributeError):
         # Slow path, taken only for records carrying something JSON cannot hold.
         text = _encode_json(_sanitized(fields if fields is not None else _fields(record, msg)))
     body = b"R" + times + text.encode("ascii")
@@ -298,11 +326,15 @@ def encode(record: logging.LogRecord) -> bytes:
 PICKLE_LEVEL_AT = 4 + 2 + 12
 _PICKLE_KEY_LEVELNO = b"X\x07\x00\x00\x00levelno"
 _P_STR_HEAD = struct.Struct("<cI")
+_P_BININT = struct.Struct("<ci")
+_P_FLOAT = struct.Struct(">cd")
+_P_CONST: dict[bool | None, bytes] = {True: b"I01\n", False: b"I00\n", None: b"N"}
 _P_MSG_KEY = b"X\x03\x00\x00\x00msg"
 # The three times: BINFLOAT opcodes (big-endian doubles) under their keys, then SETITEMS
 # and STOP.
 _P_TIMES = struct.Struct(">12scd10scd20scd2s")
 _K_CREATED = b"X\x07\x00\x00\x00created"
+_P_TASK_KEY = b"X\x08\x00\x00\x00taskName"
 _K_MSECS = b"X\x05\x00\x00\x00msecs"
 _K_RELATIVE = b"X\x0f\x00\x00\x00relativeCreated"
 _pickle_heads: dict[tuple[Any, ...], bytes] = {}
@@ -339,8 +371,9 @@ def encode_pickle(record: logging.LogRecord) -> bytes:
     pickle of the dict the listener would send), or, for a record too large for the
     intake, the ``b"R"`` frame of :func:`encode` (cut to fit). Never raises."""
     d = record.__dict__
+    own = _own_len(d)
     if (
-        len(d) == _BASE_LEN
+        own >= _BASE_LEN
         and record.exc_info is None
         and record.exc_text is None
         and record.stack_info is None
@@ -350,25 +383,81 @@ def encode_pickle(record: logging.LogRecord) -> bytes:
             msg = record.getMessage()
         except Exception:
             msg = _message(record)
-        key = _fixed(record)
         try:
+            key = _fixed(record)
             head = _pickle_heads.get(key)
             if head is None:
                 if len(_pickle_heads) >= _CACHE_MAX:
                     _pickle_heads.clear()
                 head = _pickle_heads[key] = _pickle_head(key)
+            # extra= fields: their items as the slow path gives them (through JSON once,
+            # so the receiver gets plain data), spliced in after the fixed ones.
+            extra = _pickle_extras(record) if own != _BASE_LEN else b""
+            task = d.get("taskName")  # Python 3.12+: the asyncio task's name, or None
+            if task is not None:  # the head says None: a later item wins (dict semantics)
+                tb = task.encode("utf-8", "surrogatepass")
+                extra += _P_TASK_KEY + _P_STR_HEAD.pack(b"X", len(tb)) + tb
             mb = msg.encode("utf-8", "surrogatepass")
             created, msecs, relative = _times(record)
             tail = _P_TIMES.pack(_K_CREATED, b"G", created, _K_MSECS, b"G", msecs,
                                  _K_RELATIVE, b"G", relative, b"u.")
-        except (TypeError, ValueError, RecursionError, OverflowError, struct.error):
+        except (TypeError, ValueError, RecursionError, OverflowError, struct.error,
+                AttributeError):  # AttributeError: a filter deleted a standard attribute
             return _encode_pickle_slow(record)
-        n = len(head) + 13 + len(mb) + _P_TIMES.size
+        n = len(head) + len(extra) + 13 + len(mb) + _P_TIMES.size
         if n > INTAKE_RECORD:
             return encode(record)
-        return b"".join((HEADER.pack(n), head, _P_MSG_KEY, _P_STR_HEAD.pack(b"X", len(mb)), mb,
-                         tail))
+        return b"".join((HEADER.pack(n), head, extra, _P_MSG_KEY,
+                         _P_STR_HEAD.pack(b"X", len(mb)), mb, tail))
     return _encode_pickle_slow(record)
+
+
+def _pickle_items(d: dict[str, Any]) -> bytes:
+    """The items of the protocol-1 pickle of the non-empty data-only dict *d*."""
+    whole = _pickle_plain(d)
+    if whole.startswith(b"}(") and whole.endswith(b"u."):
+        return whole[2:-2]  # two items or more: EMPTY_DICT MARK items SETITEMS STOP
+    if len(d) == 1 and whole.endswith(b"s."):
+        return whole[1:-2]  # one: EMPTY_DICT key value SETITEM STOP
+    raise ValueError("unexpected pickle layout")  # not seen: the general path then
+
+
+def _pickle_extras(record: logging.LogRecord) -> bytes:
+    """The pickled items (no ``}(``, no ``u.``) of *record*'s ``extra=`` fields, each value
+    what JSON gives back for it. Raises what ``_to_json`` raises for a value JSON cannot
+    hold (the caller then takes the slow path, which writes its ``repr()``)."""
+    extras = _extras(record)
+    if not extras:
+        return b""
+    parts = []
+    for k, v in extras.items():
+        # The common extras (a request id, a user id, a flag, a duration), written here: a
+        # str, int, float, bool or None of exactly that type comes back from JSON as it
+        # went in. A type JSON changes (a tuple, an enum) goes the general way below.
+        t = type(v)
+        if t is str:
+            b = v.encode("utf-8", "surrogatepass")
+            item = _P_STR_HEAD.pack(b"X", len(b)) + b
+        elif t is int and -0x80000000 <= v < 0x80000000:
+            item = _P_BININT.pack(b"J", v)
+        elif t is float:
+            item = _P_FLOAT.pack(b"G", v)
+        elif t is bool or v is None:
+            item = _P_CONST[v]
+        else:
+            return _pickle_items(_decode_json(_to_json(extras)))
+        key = _pickle_keys.get(k)
+        if key is None:
+            if len(_pickle_keys) >= _CACHE_MAX:
+                _pickle_keys.clear()
+            kb = k.encode("utf-8", "surrogatepass")
+            key = _pickle_keys[k] = _P_STR_HEAD.pack(b"X", len(kb)) + kb
+        parts.append(key + item)
+    return b"".join(parts)
+
+
+#: The pickled keys of the extras seen (a program has few; bounded like the heads).
+_pickle_keys: dict[str, bytes] = {}
 
 
 def _encode_pickle_slow(record: logging.LogRecord) -> bytes:

@@ -54,6 +54,17 @@ def _records() -> list[logging.LogRecord]:
         exc = mk("relay.t", logging.ERROR, "/a/b.py", 18, "failed", None, sys.exc_info())
     recs.append(exc)
     recs.append(mk("relay.t", logging.INFO, "/a/b.py", 19, "stack", None, None, sinfo="Stack (most recent call last):\n  here"))
+    plain_extras = mk("relay.t", logging.INFO, "/a/b.py", 20, "plain extras %s", ("!",), None)
+    plain_extras.__dict__.update(request_id="r-1", user_id=12, cached=True, took=0.25, none=None)
+    recs.append(plain_extras)
+    for extra in ({}, {"request_id": "r-2"}):  # formatted first by another handler
+        formatted = mk("relay.t", logging.INFO, "/a/b.py", 21, "formatted %d", (5,), None)
+        formatted.__dict__.update(extra)
+        logging.Formatter("%(asctime)s %(message)s").format(formatted)
+        recs.append(formatted)
+    task = mk("relay.t", logging.INFO, "/a/b.py", 22, "in a task", None, None)
+    task.taskName = "Task-3"  # what 3.12+ records inside an asyncio task
+    recs.append(task)
     return recs
 
 
@@ -91,6 +102,10 @@ def test_a_relaying_listener_delivers_exactly_what_a_decoding_one_does(tmp_path,
     assert big.startswith("HEAD") and big.endswith("TAIL") and "characters cut]" in big
     assert relayed[1]["msg"] == "héllo \ud800 wörld ✓"
     assert "ValueError: boom" in relayed[8]["exc_text"]
+    assert relayed[10]["request_id"] == "r-1" and relayed[10]["cached"] is True
+    assert relayed[11]["msg"] == "formatted 5" and "asctime" not in relayed[11]
+    assert relayed[12]["request_id"] == "r-2"
+    assert relayed[13]["taskName"] == "Task-3"
 
 
 def test_a_relay_respects_the_handler_level_and_counts_what_it_handled(receiver, start_pipeline) -> None:

@@ -347,8 +347,8 @@ options {{
   stats-freq(0); stats-level(1); mark-freq(0); log-msg-size({log_msg_size}); frac-digits(6);
   log-fifo-size(100000);
 }};
-source s_net {{ syslog(ip("127.0.0.1") port({port}) transport("tcp") max-connections(1000)
-                      log-iw-size(1000000) flags(store-raw-message)); }};
+source s_net {{ syslog(ip("127.0.0.1") port({port}) transport("{transport}") max-connections(1000)
+                      log-iw-size(1000000) flags(store-raw-message){tls}); }};
 source s_int {{ internal(); }};
 destination d_out {{
   file("{d}/out.jsonl"
@@ -360,21 +360,34 @@ log {{ source(s_int); destination(d_int); }};
 """
 
 
+#: syslog-ng's TLS source options (OpenSSL); *verify*: ``optional-untrusted`` (any client,
+#: with or without a certificate) or ``required-trusted`` (a certificate from *ca*).
+_SNG_TLS = (' tls(key-file("{key}") cert-file("{cert}") ca-file("{ca}")'
+            ' peer-verify({verify}))')
+
+
 class SyslogNg(Daemon):
     """syslog-ng 3.38 with a ``syslog()`` TCP source (octet counting only), flow control
     on. *log_msg_size*: syslog-ng's ``log-msg-size`` (its own default is 65536; a longer
-    frame makes it close the connection)."""
+    frame makes it close the connection). *tls*: serve TLS with these certificates
+    (``tests.certs.Certs``); *tls_verify*: its ``peer-verify()``."""
 
     name = "syslog-ng"
 
-    def __init__(self, tmp: pathlib.Path, port: int = 0, log_msg_size: int = 262144) -> None:
+    def __init__(self, tmp: pathlib.Path, port: int = 0, log_msg_size: int = 262144,
+                 tls: Any = None, tls_verify: str = "optional-untrusted") -> None:
         if not (SNG_ROOT / "usr/sbin/syslog-ng").exists():
             raise AssertionError(f"syslog-ng is not unpacked at {SNG_ROOT}: {_INSTALL_HINT}")
         self.log_msg_size = log_msg_size
+        self.tls, self.tls_verify = tls, tls_verify
         super().__init__(tmp, port)
 
     def config(self) -> tuple[str, str]:
-        return "syslog-ng.conf", _SNG_CONF.format(d=self.dir, port=self.port, log_msg_size=self.log_msg_size)
+        tls = "" if self.tls is None else _SNG_TLS.format(
+            key=self.tls.server_key, cert=self.tls.server, ca=self.tls.ca, verify=self.tls_verify)
+        return "syslog-ng.conf", _SNG_CONF.format(
+            d=self.dir, port=self.port, log_msg_size=self.log_msg_size,
+            transport="tcp" if self.tls is None else "tls", tls=tls)
 
     def env(self) -> dict[str, str]:
         return dict(super().env(), LD_LIBRARY_PATH=str(SNG_ROOT / "usr/lib/syslog-ng"))

@@ -1,6 +1,6 @@
 """TLS on every TCP wire, against real TLS receivers: ``mplog serve --tls-*`` (mplog and
 pickle wires, mutual TLS), rsyslog imtcp with its OpenSSL stream driver (syslog wire),
-rsyslog imrelp with TLS (relp wire), and servers that do not speak TLS at all.
+rsyslog imrelp with TLS (relp wire), syslog-ng's TLS source (syslog wire), and servers that do not speak TLS at all.
 
 Where a test needs a handler's ``last_error`` it uses a handler of its own in the test
 process (the sender thread and the sockets are the real ones), since that is where the
@@ -25,7 +25,7 @@ import mplog
 from mplog._collector import READ_SIZE
 from tests.certs import Certs, make_certs
 from tests.helpers import Serve, wait_until
-from tests.receivers import Rsyslog
+from tests.receivers import Rsyslog, SyslogNg
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +318,66 @@ def test_rsyslog_imrelp_tls_relp_wire_acknowledged(
         assert [x["msg"].lstrip("\ufeff") for x in rs.lines()] == [f"r {i}" for i in range(n)]
     finally:
         rs.stop()
+
+
+# -- syslog-ng --------------------------------------------------------------------------------
+
+
+def test_syslog_ng_tls_source_syslog_wire(
+    tmp_path: pathlib.Path, certs: Certs, start_pipeline: Any
+) -> None:
+    n = 2000
+    sng = SyslogNg(tmp_path, tls=certs)  # peer-verify(optional-untrusted): no client cert
+    try:
+        p = start_pipeline([_fast(mplog.SocketHandler(
+            "127.0.0.1", sng.port, wire="syslog", app_name="tlsng", tls_ca_file=certs.ca))])
+        log = logging.getLogger("tls.sng")
+        log.info("multi\nline %s", "über")
+        for i in range(n - 1):
+            log.info("m %d", i)
+        assert p.flush(30)
+        assert p.stats()["sent"] == n
+        sng.wait_count(n)
+        lines = sng.lines()
+        assert lines[0]["msg"] == "multi\nline über"  # octet counting kept it whole
+        assert lines[0]["app"] == "tlsng" and lines[0]["msgid"] == "tls.sng"
+        assert [x["msg"] for x in lines[1:]] == [f"m {i}" for i in range(n - 1)]
+    finally:
+        sng.stop()
+
+
+def test_syslog_ng_tls_required_trusted_needs_our_client_cert_and_our_ca(
+    tmp_path: pathlib.Path, certs: Certs, standalone: Any
+) -> None:
+    n = 300
+    sng = SyslogNg(tmp_path, tls=certs, tls_verify="required-trusted")
+    try:
+        nocert = standalone("tls.sng.nocert", mplog.SocketHandler(
+            "127.0.0.1", sng.port, wire="syslog", **_client(certs, cert=False)))
+        for i in range(n):
+            nocert.log.info("nocert %d", i)
+        wait_until(nocert.last_error, 20, "a refused connection")
+        assert (f"TLS handshake with 127.0.0.1:{sng.port} failed: the server requires a client "
+                "certificate") in (nocert.last_error() or ""), nocert.last_error()
+        st = nocert.h.stats()
+        assert st["sent"] == 0 and st["buffered"] == n  # kept, not dropped
+
+        wrong = standalone("tls.sng.wrongca", mplog.SocketHandler(
+            "127.0.0.1", sng.port, wire="syslog", **_client(certs, ca=certs.wrong_ca)))
+        wrong.log.info("never")
+        wait_until(wrong.last_error, 20, "an untrusted server")
+        assert "certificate verify failed" in (wrong.last_error() or ""), wrong.last_error()
+
+        good = standalone("tls.sng.good", mplog.SocketHandler(
+            "127.0.0.1", sng.port, wire="syslog", **_client(certs)))
+        for i in range(n):
+            good.log.info("good %d", i)
+        good.h.flush(30)
+        assert good.h.stats()["sent"] == n and good.last_error() is None
+        sng.wait_count(n)
+        assert [x["msg"] for x in sng.lines()] == [f"good {i}" for i in range(n)]
+    finally:
+        sng.stop()
 
 
 # -- servers that do not speak TLS ----------------------------------------------------------

@@ -51,7 +51,6 @@ import os
 import pathlib
 import platform
 import queue
-import select
 import shutil
 import signal
 import socket
@@ -69,6 +68,7 @@ from typing import IO, Any
 import psutil
 
 import mplog
+from mplog import _poll
 
 __all__ = [
     "BEGIN_MARKER",
@@ -760,7 +760,7 @@ class _Daemon:
             line = b""
             while not line.endswith(b"\n"):
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                if left <= 0 or not _poll.readable([fd], left):
                     raise _SetupFailed("mplog serve did not say where it listens")
                 chunk = os.read(fd, 1)
                 if not chunk:

@@ -39,7 +39,6 @@ import operator
 import os
 import pathlib
 import re
-import select
 import selectors
 import socket
 import ssl
@@ -50,6 +49,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
+from . import _poll
 from ._errors import ConfigError, ProtocolError
 from ._framing import REFUSAL_PREFIX, FrameSplitter
 from ._limits import COLLECTOR_FRAME
@@ -190,7 +190,7 @@ class _Diagnostics:
                 return
             # A pipe nobody reads must not stall the collector: write only when a line
             # (< PIPE_BUF, so written whole) fits now.
-            _, ready, _ = select.select([], [fd], [], wait)
+            ready = _poll.writable(fd, wait)
             if not ready:
                 self.dropped += 1
                 return

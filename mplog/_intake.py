@@ -39,7 +39,6 @@ import fcntl
 import logging
 import os
 import pathlib
-import select
 import selectors
 import signal
 import socket
@@ -53,6 +52,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import _poll
 from ._errors import MplogError, ProtocolError, RemoteProtocolError
 from ._framing import FrameSplitter
 from ._record import (
@@ -239,7 +239,7 @@ class IntakeClient:
         if something is there to read (see _connect on the wait otherwise)."""
         if not self._greeted:
             try:
-                if not select.select([sock], [], [], 0)[0]:
+                if not _poll.readable([sock], 0):
                     return
             except (OSError, ValueError):
                 return  # a closed socket: nothing to read
@@ -288,7 +288,7 @@ class IntakeClient:
         while self._retained_bytes > RETAIN_WAIT:
             left = deadline - time.monotonic()
             try:
-                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                if left <= 0 or not _poll.readable([sock], left):
                     return  # stuck for send_timeout: _read_acks keeps memory bounded
             except (OSError, ValueError):
                 return
@@ -332,7 +332,7 @@ class IntakeClient:
                 if remaining <= 0:
                     return False
                 try:
-                    readable, _, _ = select.select([sock], [], [], min(remaining, 0.1))
+                    readable = _poll.readable([sock], min(remaining, 0.1))
                 except (OSError, ValueError):
                     readable = [sock]
                 if not readable:
@@ -409,7 +409,7 @@ class IntakeClient:
         deadline = time.monotonic() + self.send_timeout
         while n < len(frame):
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([], [wfd], [], left)[1]:
+            if left <= 0 or not _poll.writable(wfd, left):
                 raise TimeoutError(f"the listener took no record for {self.send_timeout} s")
             try:
                 n += os.write(wfd, view[n:])
@@ -448,7 +448,7 @@ class IntakeClient:
             # The greeting says which format to write; it comes at once from a listener
             # that is running, so the first records are already in it. Without it
             # (a busy listener) records go in the compact format until it is read.
-            if select.select([s], [], [], GREETING_WAIT)[0]:
+            if _poll.readable([s], GREETING_WAIT):
                 self._read_acks(s)
             if self._lost:
                 report = encode_control(

@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import pathlib
-import select
 import signal
 import sys
 import threading
@@ -27,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _autojoin
+from . import _autojoin, _poll
 from ._errors import ConfigError
 from ._intake import IDLE_TICK, ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
 from ._proctitle import set_listener_title
@@ -206,7 +205,7 @@ class _Watchdog:
         tick = WATCHDOG_TICK
         fds = [self._wake_r] + ([self.starter_fd] if self.starter_fd >= 0 else [])
         while os.getppid() == cfg.parent_pid:
-            ready, _, _ = select.select(fds, [], [], tick)
+            ready = _poll.readable(fds, tick)
             if self.starter_fd in ready:
                 break  # a pidfd is readable once its process has ended
             if self._wake_r in ready:

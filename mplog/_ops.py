@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from . import _poll
 from ._errors import MplogError
 from ._intake import control_request
 from .handlers import ENV_ADDRESS
@@ -300,7 +300,7 @@ def _key_pressed(timeout: float, tty: bool) -> str | None:
         if not tty:
             time.sleep(remaining)  # no keyboard: refresh on the timer, Ctrl-C quits
             return None
-        ready, _, _ = select.select([sys.stdin], [], [], remaining)
+        ready = _poll.readable([sys.stdin], remaining)
         if ready:
             key = os.read(sys.stdin.fileno(), 32).decode("utf-8", "replace").lower()
             if not key:

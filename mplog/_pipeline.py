@@ -20,7 +20,6 @@ import io
 import logging
 import os
 import pathlib
-import select
 import shutil
 import socket
 import stat
@@ -32,6 +31,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from . import _poll
 from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
@@ -274,7 +274,7 @@ def _wait_pid(pid: int, timeout: float) -> bool:
         pidfd = -1
     try:
         if pidfd >= 0:
-            select.select([pidfd], [], [], max(0.0, timeout))
+            _poll.readable([pidfd], max(0.0, timeout))
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return True

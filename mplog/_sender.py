@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import logging
 import random
-import select
 import socket
 import ssl
 import sys
@@ -37,6 +36,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 
+from . import _poll
 from ._backoff import Backoff
 from ._buffer import DropReport, FrameBuffer
 from ._errors import LocalProtocolError, ProtocolError, RefusedError
@@ -108,7 +108,7 @@ def _peer_said(sock: socket.socket, wait: float) -> bytes | None:
     """What the peer sent or did within *wait* s: None if nothing, b"" if it closed, or
     the first bytes it sent (left unread: only peeked)."""
     try:
-        readable, _, _ = select.select([sock], [], [], wait)
+        readable = _poll.readable([sock], wait)
         if not readable:
             return None
         return sock.recv(4096, socket.MSG_PEEK)
@@ -552,7 +552,7 @@ class Sender:
         if sock is None or session is None or wake is None:
             return
         try:
-            readable, _, _ = select.select([sock, wake], [], [], IDLE_PROBE)
+            readable = _poll.readable([sock, wake], IDLE_PROBE)
         except (OSError, ValueError) as exc:
             with self._cond:
                 self._selecting = False

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import socket
 import ssl
 import time
 from typing import Any
 
+from . import _poll
 from ._errors import ConfigError
 from ._text import one_line
 
@@ -250,7 +250,7 @@ def _await_acceptance(tls: _TLSSocket, deadline: float) -> None:
         remaining = until - time.monotonic()
         if remaining <= 0:
             return  # a server that sends no tickets: accepted, as far as we can tell
-        readable, _, _ = select.select([tls], [], [], remaining)
+        readable = _poll.readable([tls], remaining)
         if not readable:
             continue
         try:

@@ -1,6 +1,7 @@
 """The first programs users write: stdlib handler instances, pools made after start(), a
-stop() with pools still alive, a dead parent under a stuck handler, and the mistakes a
-first program makes. Real processes, files and sockets throughout."""
+stop() with pools still alive, a dead parent under a stuck handler, a server with more
+than 1024 open files, and the mistakes a first program makes. Real processes, files and
+sockets throughout."""
 
 from __future__ import annotations
 
@@ -365,3 +366,75 @@ def test_every_start_method(tmp_path: pathlib.Path, method: str, start_pipeline)
     logging.getLogger("app").warning("main")
     assert p.flush(10)
     assert (tmp_path / "out.log").read_text().splitlines() == ["WARNING|app|main"]
+
+
+MANY_FILES = """
+import logging, multiprocessing, os, resource, socket, struct, sys, threading
+import mplog
+
+def work(i):
+    logging.getLogger("app.pool").warning("pool %d", i)
+    return os.getpid()
+
+def receive(srv, got):
+    conn, _ = srv.accept()
+    buf = b""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        buf += data
+        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">L", buf[:4])[0]:
+            n = struct.unpack(">L", buf[:4])[0]
+            got.append(buf[4:4 + n])
+            buf = buf[4 + n:]
+
+if __name__ == "__main__":
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    if want < 2048:
+        print("SKIP: the hard open-files limit is", hard)
+        sys.exit(0)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    # A server's open files: from here on, every descriptor mplog opens is above 1024,
+    # which select() refuses.
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    assert held[-1] > 1024, held[-1]
+    p = mplog.start([logging.FileHandler(sys.argv[1])])
+    logging.getLogger("app").warning("main")
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # made after start()
+        pids = set(pool.map(work, range(20)))
+    print("flushed", p.flush(20), flush=True)
+    p.stop()
+    # A standalone SocketHandler: its sender thread and its socket in this process.
+    srv = socket.create_server(("127.0.0.1", 0))
+    got = []
+    reader = threading.Thread(target=receive, args=(srv, got), daemon=True)
+    reader.start()
+    h = mplog.SocketHandler("127.0.0.1", srv.getsockname()[1])
+    one = logging.getLogger("standalone")
+    one.propagate = False
+    one.addHandler(h)
+    for i in range(500):
+        one.warning("standalone %d", i)
+    h.flush(20)
+    st = h.stats()
+    h.close()
+    reader.join(20)
+    print("standalone", st["sent"], st["dropped"], len(got), flush=True)
+"""
+
+
+def test_a_server_with_more_than_1024_open_files(tmp_path: pathlib.Path) -> None:
+    # select() refuses descriptors above 1023: mplog once could not connect from such a
+    # process (its records were held, then lost at exit) and stop() raised ValueError.
+    out = tmp_path / "app.log"
+    script = tmp_path / "many_files.py"
+    script.write_text(MANY_FILES)
+    run = _run_script(MANY_FILES, str(out), path=script)
+    if run.stdout.startswith("SKIP"):
+        pytest.skip(run.stdout.strip())
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert run.stdout.splitlines() == ["flushed True", "standalone 500 0 500"], run.stdout
+    lines = out.read_text().splitlines()
+    assert sorted(lines) == sorted(["main"] + [f"pool {i}" for i in range(20)]), lines

@@ -49,7 +49,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from . import _poll
+from . import _poll, _sigpipe
 from ._errors import ConfigError, ProtocolError
 from ._framing import REFUSAL_PREFIX, FrameSplitter
 from ._limits import COLLECTOR_FRAME
@@ -972,6 +972,7 @@ class Collector:
         return text
 
     def serve_forever(self) -> None:
+        _sigpipe.block_in_this_thread()  # a collector in a user's thread: see _sigpipe
         try:
             while not self._stopping:
                 for key, mask in self._sel.select(self._timeout()):

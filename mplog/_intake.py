@@ -52,7 +52,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _poll
+from . import _poll, _sigpipe
 from ._errors import MplogError, ProtocolError, RemoteProtocolError
 from ._framing import FrameSplitter
 from ._record import (
@@ -231,8 +231,11 @@ class IntakeClient:
         self.relay = False
         self._ack_every = 0
         #: The acknowledgements are read when _retained_bytes reaches this (0: at every
-        #: record); one comparison on the fast path of send().
+        #: record; -1: never the fast path); one comparison on the fast path of send().
         self._ack_at = 0
+        #: The process stopped ignoring SIGPIPE after this connection's pipe was made:
+        #: its writes are made under _sigpipe.no_sigpipe(), off the fast path.
+        self._guarded = False
 
     def _read_acks(self, sock: socket.socket) -> None:
         """Forget the records the listener says it handled. Before the greeting: only
@@ -275,7 +278,15 @@ class IntakeClient:
             # here can no longer be resent, which matters only if the listener then dies.
             self._retained_bytes -= len(retained.popleft())
             self._unacked_base += 1
-        self._ack_at = self._retained_bytes + self._ack_every if self._greeted else 0
+        if self._wfd >= 0 and not self._guarded and not _sigpipe.ignored():
+            # signal.signal(SIGPIPE, SIG_DFL) since this pipe was made (checked here, every
+            # ACK_READ_BYTES, not per record): a write into the pipe of a dead listener
+            # would now kill this process.
+            self._guarded = True
+        if self._guarded:
+            self._ack_at = -1
+        else:
+            self._ack_at = self._retained_bytes + self._ack_every if self._greeted else 0
 
     def _read_acks_or_wait(self, sock: socket.socket) -> None:
         """Read the acknowledgements; if this process is more than RETAIN_WAIT bytes ahead
@@ -360,13 +371,15 @@ class IntakeClient:
         """Send HELLO on the new connection *s* with the read end of a new pipe for the
         records (SCM_RIGHTS); return its write end, or -1 if there is no pipe (records
         then go on the socket). Raises OSError if *s* broke."""
-        if os.environ.get("MPLOG_INTAKE_PIPE", "1") == "0":
-            s.sendall(HELLO)
+        # A process that does not ignore SIGPIPE would be killed by a write into the pipe
+        # of a listener that died: its records go on the socket (MSG_NOSIGNAL) instead.
+        if os.environ.get("MPLOG_INTAKE_PIPE", "1") == "0" or not _sigpipe.ignored():
+            _sigpipe.send_all(s, HELLO)
             return -1
         try:
             r, w = os.pipe()  # both ends close-on-exec: an exec'd child holds neither
         except OSError:  # out of file descriptors: the socket carries the records
-            s.sendall(HELLO)
+            _sigpipe.send_all(s, HELLO)
             return -1
         try:
             if _F_SETPIPE_SZ is not None:
@@ -378,7 +391,8 @@ class IntakeClient:
             # stuck listener never blocks a worker for longer than send_timeout.
             os.set_blocking(w, False)
             fds = array.array("i", [r])
-            if s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]) != len(HELLO):
+            if s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)],
+                         socket.MSG_NOSIGNAL) != len(HELLO):
                 raise OSError("the hello was cut short")
         except OSError:
             os.close(w)
@@ -393,14 +407,15 @@ class IntakeClient:
         wfd = self._wfd
         if wfd < 0:
             assert self._sock is not None
-            self._sock.sendall(frame)
+            _sigpipe.send_all(self._sock, frame)
             return
-        try:
-            n = os.write(wfd, frame)
-        except BlockingIOError:
-            n = 0
-        if n != len(frame):
-            self._write_rest(wfd, frame, n)
+        with _sigpipe.no_sigpipe() if self._guarded else contextlib.nullcontext():
+            try:
+                n = os.write(wfd, frame)
+            except BlockingIOError:
+                n = 0
+            if n != len(frame):
+                self._write_rest(wfd, frame, n)
 
     def _write_rest(self, wfd: int, frame: bytes, n: int) -> None:
         """The pipe is full: write the rest of *frame* (from byte *n*) as the listener
@@ -455,7 +470,7 @@ class IntakeClient:
                     {"op": "lost", "count": self._lost, "first": self._lost_first,
                      "last": self._lost_last, "pid": os.getpid()}
                 )
-                s.sendall(report)
+                _sigpipe.send_all(s, report)
                 self._lost = 0
             # A new listener: first the records the old one may never have handled.
             for f in self._retained:
@@ -640,7 +655,7 @@ def control_request(address: str, message: dict[str, Any], timeout: float) -> di
         s.settimeout(max(0.01, timeout))
         try:
             s.connect(address)
-            s.sendall(encode_control(message))
+            _sigpipe.send_all(s, encode_control(message))
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -266,6 +266,9 @@ def _raise_fd_limit() -> None:
 def main(cfg: ListenerConfig, ready: Any) -> None:
     """Entry point of the listener process."""
     _set_pdeathsig(signal.SIGUSR1)
+    # Started by fork or forkserver from a program that put SIGPIPE's default back, a write
+    # to a receiver that closed would kill the listener: here it is an EPIPE, handled.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _autojoin.leave()  # the listener never sends its own records to itself
     starter_pid = cfg.parent_pid
     if os.getppid() != cfg.parent_pid:

@@ -31,7 +31,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from . import _poll
+from . import _poll, _sigpipe
 from ._dictconfig import DictConfigHandlers, check_config
 from ._errors import ConfigError, MplogError
 from ._intake import control_request
@@ -644,7 +644,8 @@ class Pipeline:
             if self._stopped:
                 return
             self._stopping = True
-        self._wake_w.send_bytes(b"stop")
+        with _sigpipe.no_sigpipe():  # a listener that died closed the other end
+            self._wake_w.send_bytes(b"stop")
         if self._supervisor is not None:
             self._supervisor.join(left())
         self._uninstall()

@@ -36,7 +36,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 
-from . import _poll
+from . import _poll, _sigpipe
 from ._backoff import Backoff
 from ._buffer import DropReport, FrameBuffer
 from ._errors import LocalProtocolError, ProtocolError, RefusedError
@@ -334,6 +334,9 @@ class Sender:
     # -- the sender thread ------------------------------------------------------------
 
     def _thread_main(self) -> None:
+        # In a user's process that did not ignore SIGPIPE, a write to a receiver that
+        # closed would kill it; in this thread it fails with EPIPE, as anywhere else.
+        _sigpipe.block_in_this_thread()
         try:
             self._loop()
         except Exception as exc:  # a bug in mplog (or a user's override): hand over

@@ -438,3 +438,74 @@ def test_a_server_with_more_than_1024_open_files(tmp_path: pathlib.Path) -> None
     assert run.stdout.splitlines() == ["flushed True", "standalone 500 0 500"], run.stdout
     lines = out.read_text().splitlines()
     assert sorted(lines) == sorted(["main"] + [f"pool {i}" for i in range(20)]), lines
+
+
+SIGPIPE_DEFAULT = """
+import logging, multiprocessing, os, re, signal, socket, sys, threading, time
+import mplog
+
+def work(i):
+    logging.getLogger("app.pool").warning("pool %d", i)
+    return os.getpid()
+
+def restarted(p, n):
+    deadline = time.monotonic() + 30
+    while p.stats()["restarts"] < n:
+        assert time.monotonic() < deadline, "the listener was not restarted"
+        time.sleep(0.02)  # polling the supervisor's counter: nothing to block on
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], sys.argv[2]
+    if mode in ("from-the-start", "fork"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    p = mplog.start([logging.FileHandler(out)], start_method="fork" if mode == "fork" else "spawn")
+    log = logging.getLogger("app")
+    big = "x" * 400
+    for i in range(1000):  # past ACK_READ_BYTES: the worker looks at SIGPIPE again
+        log.warning("before %d %s", i, big)
+        if i == 10 and mode == "changed-later":
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # after this process connected
+    assert p.flush(20)
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # inherits SIG_DFL
+        pool.map(work, range(10))
+        assert p.flush(20)
+        os.kill(p.pid, signal.SIGKILL)  # the listener dies; the next writes meet EPIPE
+        restarted(p, 1)
+        log.warning("after")
+        pool.map(work, range(10, 20))
+    assert p.flush(20)
+    if mode == "fork":
+        # The forked listener inherited SIG_DFL: it ignores SIGPIPE itself. And the sender
+        # thread of a handler used on its own in this process blocks it.
+        ign = int(re.search(r"SigIgn:\\s*([0-9a-f]+)", open(f"/proc/{p.pid}/status").read())[1], 16)
+        assert ign & (1 << (signal.SIGPIPE - 1)), hex(ign)
+        srv = socket.create_server(("127.0.0.1", 0))
+        h = mplog.SocketHandler("127.0.0.1", srv.getsockname()[1])
+        h.handle(logging.makeLogRecord({"msg": "starts the sender thread"}))
+        tid = h._sender._thread.native_id
+        status = open(f"/proc/self/task/{tid}/status").read()
+        blk = int(re.search(r"SigBlk:\\s*([0-9a-f]+)", status)[1], 16)
+        assert blk & (1 << (signal.SIGPIPE - 1)), hex(blk)
+        h.close()
+        srv.close()
+    p.stop()
+    print("alive", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["from-the-start", "changed-later", "fork"])
+def test_a_program_that_puts_sigpipe_back_survives_a_listener_that_dies(
+        tmp_path: pathlib.Path, mode: str) -> None:
+    # signal.signal(SIGPIPE, SIG_DFL), the usual way for a command-line tool to end quietly
+    # under "| head": a write into a dead listener's pipe once killed every process that
+    # logged (exit 141).
+    out = tmp_path / "app.log"
+    script = tmp_path / "sigpipe_default.py"
+    script.write_text(SIGPIPE_DEFAULT)
+    run = _run_script(SIGPIPE_DEFAULT, mode, str(out), path=script)
+    assert run.returncode == 0, (run.returncode, run.stderr)
+    assert run.stdout.splitlines() == ["alive"], run.stdout
+    lines = out.read_text().splitlines()
+    assert lines.count("after") == 1
+    assert sorted(x for x in lines if x.startswith("pool")) == sorted(f"pool {i}" for i in range(20))
+    assert sum(x.startswith("before ") for x in lines) == 1000

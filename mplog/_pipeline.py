@@ -82,6 +82,23 @@ _live: set[Pipeline] = set()
 Handlers = Sequence[logging.Handler] | Callable[[], Sequence[logging.Handler]]
 
 
+def _private_dir() -> str:
+    """A new 0700 directory for the intake socket: in the temp dir (``TMPDIR``), or in
+    ``/tmp`` when that is too deep for a Unix socket path (108 bytes)."""
+    tmpdir = tempfile.mkdtemp(prefix="mplog-")
+    if len(os.fsencode(os.path.join(tmpdir, "intake.sock"))) <= MAX_UNIX_PATH:
+        return tmpdir
+    os.rmdir(tmpdir)
+    try:
+        return tempfile.mkdtemp(prefix="mplog-", dir="/tmp")
+    except OSError as exc:
+        raise ConfigError(
+            f"the temp dir {tempfile.gettempdir()!r} is too long a path for the intake's "
+            f"Unix socket (max {MAX_UNIX_PATH} bytes) and /tmp is not usable ({exc}); "
+            "pass address= or set TMPDIR to a shorter directory"
+        ) from None
+
+
 def _check_address(address: str) -> None:
     if len(os.fsencode(address)) > MAX_UNIX_PATH:
         raise ConfigError(
@@ -785,7 +802,8 @@ def start(
             in the listener process; the handlers it attaches to the root logger are the
             listener's handlers (``"class": "mplog.SocketHandler"`` works there).
         level: level set on the root logger of processes mplog configures.
-        address: the intake socket path; None makes a fresh one in a private (0700) dir.
+        address: the intake socket path; None makes a fresh one in a private (0700) dir
+            (in the temp dir, or in /tmp when that is too deep for a socket path).
         install: log this process's records into the pipeline and export
             ``MPLOG_ADDRESS`` for child processes.
         start_method: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``.
@@ -818,7 +836,7 @@ def start(
     payload = ship_handlers(handlers)
     tmpdir = None
     if address is None:
-        tmpdir = tempfile.mkdtemp(prefix="mplog-")  # 0700
+        tmpdir = _private_dir()
         address = os.path.join(tmpdir, "intake.sock")
     address = os.fspath(address)
     try:

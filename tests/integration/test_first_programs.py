@@ -509,3 +509,39 @@ def test_a_program_that_puts_sigpipe_back_survives_a_listener_that_dies(
     assert lines.count("after") == 1
     assert sorted(x for x in lines if x.startswith("pool")) == sorted(f"pool {i}" for i in range(20))
     assert sum(x.startswith("before ") for x in lines) == 1000
+
+
+DEEP_TMPDIR = """
+import logging, multiprocessing, sys, tempfile
+import mplog
+
+def work(i):
+    logging.getLogger("app").warning("pool %d", i)
+
+if __name__ == "__main__":
+    p = mplog.start([logging.FileHandler(sys.argv[1])])
+    logging.getLogger("app").warning("main")
+    with multiprocessing.get_context("spawn").Pool(2) as pool:  # no initializer
+        pool.map(work, range(4))
+    print(p.flush(20), p.address.startswith("/tmp/mplog-"), tempfile.gettempdir() == sys.argv[2])
+    print(p.address)
+    p.stop()
+"""
+
+
+def test_a_temp_dir_too_deep_for_a_socket_path_is_not_a_problem(tmp_path: pathlib.Path) -> None:
+    # TMPDIR deeper than a Unix socket path allows (108 bytes): start() made its socket
+    # there and failed with "too long for a Unix socket"; it now uses /tmp.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    out = tmp_path / "app.log"
+    script = tmp_path / "deep_tmpdir.py"
+    script.write_text(DEEP_TMPDIR)
+    run = subprocess.run([sys.executable, str(script), str(out), str(deep)], capture_output=True,
+                         text=True, env=dict(env_with_root(), TMPDIR=str(deep)), cwd=ROOT,
+                         timeout=60, check=False)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    flags, address = run.stdout.splitlines()
+    assert flags == "True True True", run.stdout
+    assert sorted(out.read_text().splitlines()) == ["main"] + [f"pool {i}" for i in range(4)]
+    assert not pathlib.Path(address).parent.exists()  # stop() removed its directory

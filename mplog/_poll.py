@@ -3,9 +3,11 @@
 ``select.select`` refuses a descriptor of 1024 or more (``ValueError: filedescriptor out
 of range in select()``), and a server that raised its open-files limit has such
 descriptors as a matter of course: every socket or pipe mplog opens in it would be one.
-``poll(2)`` has no such limit. These helpers keep ``select``'s meaning: a descriptor that
-hung up, failed or is not open counts as ready, so the caller's read or write finds out
-what happened (EOF, or the ``OSError`` it already handles).
+``poll(2)`` has no such limit (where a green ``select`` module without ``poll()``
+replaced the real one, its ``select()`` is used). These helpers keep ``select``'s
+meaning: a descriptor that hung up, failed or is not open counts as ready, so the
+caller's read or write finds out what happened (EOF, or the ``OSError`` it already
+handles).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import select
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = ["readable", "writable"]
 
@@ -47,7 +49,13 @@ def writable(obj: Any, timeout: float | None) -> bool:
 
 
 def _wait(objs: Sequence[T], events: int, timeout: float | None) -> list[T]:
-    poller = select.poll()
+    make = getattr(select, "poll", None)  # looked up each time: gevent patches it in place
+    if make is None:  # a green select without poll() (eventlet's): its select(), then
+        given: list[Any] = list(objs)
+        if events == _WRITE:
+            return cast("list[T]", select.select([], given, [], timeout)[1])
+        return cast("list[T]", select.select(given, [], [], timeout)[0])
+    poller = make()
     for obj in objs:
         fd = _fileno(obj)
         if fd < 0:  # what select says of a closed socket

@@ -74,3 +74,14 @@ def test_only_the_ready_ones_come_back_in_the_given_order() -> None:
         b.send(b"y")
         assert _poll.readable([c, a], 0) == [c, a]
         assert _poll.readable([a.fileno(), d], 0) == [a.fileno()]
+
+
+def test_a_select_module_without_poll_falls_back_to_select(monkeypatch: pytest.MonkeyPatch) -> None:
+    # eventlet's green select has no poll(); gevent's replaces it (and is used as is).
+    monkeypatch.delattr(select, "poll")
+    a, b = socket.socketpair()
+    with a, b:
+        assert _poll.readable([a], 0) == []
+        assert _poll.writable(a, 0) is True
+        b.send(b"x")
+        assert _poll.readable([b, a], 0) == [a]

@@ -117,6 +117,8 @@ READ_SIZE = 256 * 1024
 NAP = 0.001
 #: Server loop wake-up period when idle: bounds how late a dead parent is noticed.
 IDLE_TICK = 0.25
+#: The loop's timeout while acknowledgements wait for room in a worker's socket.
+ACK_RETRY = 0.02
 #: Seconds the handlers get to deliver what they hold when the parent died.
 ORPHAN_CLOSE_TIMEOUT = 1.0
 
@@ -733,8 +735,8 @@ def _peer_pid(sock: socket.socket) -> int | None:
 
 class _Conn:
     __slots__ = (
-        "ack_out", "fresh", "pid", "pipe", "pipe_splitter", "records", "since", "sock",
-        "splitter",
+        "ack_fresh", "ack_out", "fresh", "pid", "pipe", "pipe_splitter", "records", "since",
+        "sock", "splitter",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -750,6 +752,9 @@ class _Conn:
         self.records = 0
         #: Acknowledgement bytes not yet taken by the kernel.
         self.ack_out = b""
+        #: ack_out ends with a whole acknowledgement nothing of which was sent yet: a later
+        #: one (cumulative) replaces it instead of queueing behind it.
+        self.ack_fresh = False
         self.pid = _peer_pid(sock)
         self.since = time.time()
 
@@ -797,6 +802,8 @@ class IntakeServer:
         self.nap = NAP
         #: Connections with records handled and not yet acknowledged (this turn).
         self._to_ack: dict[socket.socket, _Conn] = {}
+        #: Connections whose acknowledgements the kernel had no room for: retried each turn.
+        self._acks_waiting: dict[socket.socket, _Conn] = {}
         #: Called before any acknowledgement goes out (the listener publishes its counters
         #: on its StatsBoard there): a record a worker forgets is always in
         #: the counters a supervisor reads after a SIGKILL, so its loss is counted.
@@ -829,7 +836,7 @@ class IntakeServer:
 
     def run(self) -> None:
         while self._stop_reason is None:
-            timeout = 0.005 if self._flushes else IDLE_TICK
+            timeout = 0.005 if self._flushes else ACK_RETRY if self._acks_waiting else IDLE_TICK
             for key, _ in self.sel.select(timeout):
                 tag = key.data
                 if tag == "accept":
@@ -844,6 +851,11 @@ class IntakeServer:
                 self._ack_all()
                 if self.nap:
                     time.sleep(self.nap)
+            for conn in list(self._acks_waiting.values()):
+                # Acks the kernel had no room for (a worker that read none for a while):
+                # the last one must reach a worker that now waits for it (drain, flush),
+                # also when it writes nothing more.
+                self._send_acks(conn)
             if os.getppid() != self.parent_pid:
                 self._stop_reason = "parent died"
                 self._close_timeout = ORPHAN_CLOSE_TIMEOUT
@@ -874,6 +886,7 @@ class IntakeServer:
 
     def _close_conn(self, sock: socket.socket) -> None:
         self._to_ack.pop(sock, None)  # a closed connection reads no acknowledgement
+        self._acks_waiting.pop(sock, None)
         conn = self.conns.pop(sock, None)
         if conn is not None:
             self.sel.unregister(sock)
@@ -1008,20 +1021,31 @@ class IntakeServer:
     def _ack(self, conn: _Conn) -> None:
         """Tell the worker how many of its records are handled (cumulative, 8 bytes), so
         it can forget them: until then it keeps them, to write them again to the next
-        listener if this one dies before handling them. Never blocks: a worker that is not
-        reading its acks gets a later one, which says everything an earlier one would."""
-        if not conn.ack_out:
-            conn.ack_out = ACK.pack(conn.records)
+        listener if this one dies before handling them. Never blocks: what the kernel does
+        not take now (a worker that has not read its acks for a while) is sent when it
+        does, from run(), the latest count replacing an unsent older one."""
+        ack = ACK.pack(conn.records)
+        conn.ack_out = (conn.ack_out[: -ACK.size] if conn.ack_fresh else conn.ack_out) + ack
+        conn.ack_fresh = True
         self._send_acks(conn)
 
     def _send_acks(self, conn: _Conn) -> None:
         try:
             n = conn.sock.send(conn.ack_out, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            return
+            n = 0
         except OSError:
+            self._acks_waiting.pop(conn.sock, None)
             return  # the worker is gone; its EOF is read next
-        conn.ack_out = conn.ack_out[n:]
+        if n:
+            conn.ack_out = conn.ack_out[n:]
+            # A last ack the kernel took part of must go out whole as it is (the worker
+            # reads 8-byte units); one it took nothing of is still replaceable.
+            conn.ack_fresh = conn.ack_fresh and len(conn.ack_out) >= ACK.size
+        if conn.ack_out:
+            self._acks_waiting[conn.sock] = conn  # retried each turn until taken
+        else:
+            self._acks_waiting.pop(conn.sock, None)
 
     def _relay_frames(self, sock: socket.socket, conn: _Conn, frames: list[bytes]) -> bool:
         """Relay mode: forward the stdlib-wire frames of one read as they are; anything
@@ -1154,6 +1178,7 @@ class IntakeServer:
             conn = self.conns.get(sock)
             if conn is not None and not conn.ack_out and not conn.records:
                 conn.ack_out = GREETING + self._mode  # first on the acknowledgement stream
+                conn.ack_fresh = False
                 self._send_acks(conn)
         else:  # check_control lets only known ops through
             raise AssertionError(f"unchecked control op {op!r}")

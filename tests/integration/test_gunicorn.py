@@ -240,7 +240,7 @@ def assert_clean_output(g: Gunicorn) -> None:
 # -- 1. load, recycling, HUP: every record once, one connection ------------------------------
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
 def test_every_request_logged_once_through_recycling_and_hup(
     tmp_path: pathlib.Path, rundir: pathlib.Path, receiver: Receiver, gunicorn, worker_class: str
 ) -> None:
@@ -278,8 +278,10 @@ def test_every_request_logged_once_through_recycling_and_hup(
         assert any(m.startswith(expected) for m in msgs), (expected, msgs[:20])
     booted = [m for m in msgs if m.startswith("Booting worker with pid")]
     served_by = {r["process"] for r in app}
-    # A worker serves at most max_requests + jitter requests before it is replaced.
-    assert len(served_by) >= n // 120 and len(booted) >= len(served_by), (len(served_by), len(booted))
+    # A worker serves at most max_requests + jitter requests before it is replaced (a
+    # gevent worker finishes the requests it has in flight when it reaches that count).
+    least = n // 120 if worker_class != "gevent" else n // 240
+    assert len(served_by) >= least and len(booted) >= len(served_by), (len(served_by), len(booted))
     assert any("Autorestarting worker" in m for m in msgs), "no worker was recycled"
     # The HUP came mid-run: requests were served before and after it.
     hup = next(r["created"] for r in by_name(records, "gunicorn.error") if r["msg"] == "Hang up: Master")

@@ -370,3 +370,48 @@ def test_a_worker_far_ahead_of_its_acknowledgements_waits_for_them(tmp_path) -> 
         for c in conns:
             c.close()
         srv.close()
+
+
+def test_the_last_ack_reaches_a_worker_that_read_none_for_a_while(tmp_path, start_pipeline) -> None:
+    # A worker reads its acks every ACK_READ_BYTES written; the listener sends one per turn.
+    # Hundreds of turns of one record each fill the worker's socket, and the listener's
+    # ack sends find no room. The last one used to be dropped for good: a worker that then
+    # waited for it (its exit drain, flush()) waited 5 s and wrote its delivered records to
+    # stderr as undeliverable (seen with gunicorn's gevent workers).
+    import fcntl
+    import termios
+
+    from mplog._intake import ACK_READ_BYTES
+
+    fh = logging.FileHandler(tmp_path / "out.log")
+    p = start_pipeline([fh])
+    fh.close()  # the listener has its own
+    qh = mplog.QueueHandler(p.address)
+    client = qh.queue
+
+    def record(i: int) -> logging.LogRecord:
+        return logging.LogRecord("acks", logging.INFO, "", 0, "r %d", (i,), None)
+
+    qh.handle(record(0))
+    assert client.drain(10) and client._sock is not None  # connected and greeted
+    sock = client._sock
+
+    def queued() -> int:
+        return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+
+    i, stalled = 1, False
+    while not stalled:
+        assert client._retained_bytes < ACK_READ_BYTES // 2, "the listener's ack sends never filled up"
+        before = queued()
+        qh.handle(record(i))
+        i += 1
+        try:
+            wait_until(lambda before=before: queued() > before, 2.0, "this record's ack")
+        except AssertionError:
+            stalled = True  # no room for it in this worker's socket
+    qh.handle(record(i))  # and one more, whose ack has no room either
+    t0 = time.monotonic()
+    assert client.drain(5), f"the last ack never came ({len(client._retained)} records unacknowledged)"
+    assert time.monotonic() - t0 < 2.0
+    assert p.flush(10) and p.stats()["handled"] == i + 1
+    qh.close()

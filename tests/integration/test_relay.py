@@ -399,16 +399,22 @@ def test_the_last_ack_reaches_a_worker_that_read_none_for_a_while(tmp_path, star
     def queued() -> int:
         return struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
 
-    i, stalled = 1, False
-    while not stalled:
+    def acked_after(before: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while queued() == before:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)  # the ack comes within the listener's next turn (~1 ms)
+        return True
+
+    i = 1
+    while True:
         assert client._retained_bytes < ACK_READ_BYTES // 2, "the listener's ack sends never filled up"
         before = queued()
         qh.handle(record(i))
         i += 1
-        try:
-            wait_until(lambda before=before: queued() > before, 2.0, "this record's ack")
-        except AssertionError:
-            stalled = True  # no room for it in this worker's socket
+        if not acked_after(before, 1.5):
+            break  # no room for this record's ack in this worker's socket
     qh.handle(record(i))  # and one more, whose ack has no room either
     t0 = time.monotonic()
     assert client.drain(5), f"the last ack never came ({len(client._retained)} records unacknowledged)"

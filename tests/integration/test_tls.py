@@ -247,54 +247,68 @@ def test_serve_killed_and_restarted_over_tls_exactly_once(
 # -- rsyslog ---------------------------------------------------------------------------------
 
 
+def _syslog_tls_delivers_in_order(daemon: Any, certs: Certs, start_pipeline: Any, app: str) -> None:
+    """2,000 records over TLS on the syslog wire into *daemon* (anyone may connect; mplog
+    verifies the server): every one lands, in order, a multi-line message whole."""
+    n = 2000
+    p = start_pipeline([_fast(mplog.SocketHandler(
+        "127.0.0.1", daemon.port, wire="syslog", app_name=app, tls_ca_file=certs.ca))])
+    log = logging.getLogger(f"tls.{app}")
+    log.info("multi\nline %s", "über")
+    for i in range(n - 1):
+        log.info("m %d", i)
+    assert p.flush(30)
+    assert p.stats()["sent"] == n
+    daemon.wait_count(n)
+    lines = daemon.lines()
+    msgs = [x["msg"].lstrip("\ufeff") for x in lines]  # rsyslog's $msg keeps the BOM
+    assert msgs[0] == "multi\nline über"  # octet counting kept it whole
+    assert lines[0]["app"] == app and lines[0]["msgid"] == f"tls.{app}"
+    assert msgs[1:] == [f"m {i}" for i in range(n - 1)]
+
+
 def test_rsyslog_imtcp_tls_anon_syslog_wire(
     tmp_path: pathlib.Path, certs: Certs, start_pipeline: Any
 ) -> None:
-    n = 2000
     rs = Rsyslog(tmp_path, "imtcp", tls=certs, tls_auth="anon")
     try:
-        p = start_pipeline([_fast(mplog.SocketHandler(
-            "127.0.0.1", rs.port, wire="syslog", app_name="tlstest", tls_ca_file=certs.ca))])
-        log = logging.getLogger("tls.imtcp")
-        log.info("multi\nline %s", "über")
-        for i in range(n - 1):
-            log.info("m %d", i)
-        assert p.flush(30)
-        assert p.stats()["sent"] == n
-        rs.wait_count(n)
-        lines = rs.lines()
-        assert len(lines) == n
-        assert lines[0]["msg"].lstrip("\ufeff") == "multi\nline über"  # octet counting kept it whole
-        assert lines[0]["app"] == "tlstest" and lines[0]["msgid"] == "tls.imtcp"
-        assert [x["msg"].lstrip("\ufeff") for x in lines[1:]] == [f"m {i}" for i in range(n - 1)]
+        _syslog_tls_delivers_in_order(rs, certs, start_pipeline, "imtcp")
     finally:
         rs.stop()
+
+
+def _refused_without_our_client_cert(daemon: Any, certs: Certs, standalone: Any, n: int) -> None:
+    """A handler without a client certificate is refused by *daemon*, says why, sends
+    nothing and keeps its *n* records."""
+    nocert = standalone(f"tls.{daemon.name}.nocert", mplog.SocketHandler(
+        "127.0.0.1", daemon.port, wire="syslog", **_client(certs, cert=False)))
+    for i in range(n):
+        nocert.log.info("nocert %d", i)
+    wait_until(nocert.last_error, 20, "a refused connection")
+    assert (f"TLS handshake with 127.0.0.1:{daemon.port} failed: the server requires a client "
+            "certificate") in (nocert.last_error() or ""), nocert.last_error()
+    st = nocert.h.stats()
+    assert st["sent"] == 0 and st["buffered"] == n  # kept, not dropped
+
+
+def _delivered_with_our_client_cert(daemon: Any, certs: Certs, standalone: Any, n: int) -> None:
+    good = standalone(f"tls.{daemon.name}.good", mplog.SocketHandler(
+        "127.0.0.1", daemon.port, wire="syslog", **_client(certs)))
+    for i in range(n):
+        good.log.info("good %d", i)
+    good.h.flush(30)
+    assert good.h.stats()["sent"] == n and good.last_error() is None
+    daemon.wait_count(n)
+    assert [x["msg"].lstrip("\ufeff") for x in daemon.lines()] == [f"good {i}" for i in range(n)]
 
 
 def test_rsyslog_imtcp_tls_x509_name_needs_our_client_cert(
     tmp_path: pathlib.Path, certs: Certs, standalone: Any
 ) -> None:
-    n = 300
     rs = Rsyslog(tmp_path, "imtcp", tls=certs, tls_auth="x509/name")
     try:
-        nocert = standalone("tls.x509.nocert", mplog.SocketHandler(
-            "127.0.0.1", rs.port, wire="syslog", **_client(certs, cert=False)))
-        for i in range(n):
-            nocert.log.info("nocert %d", i)
-        wait_until(nocert.last_error, 20, "a refused connection")
-        assert (f"TLS handshake with 127.0.0.1:{rs.port} failed: the server requires a client "
-                "certificate") in (nocert.last_error() or ""), nocert.last_error()
-        st = nocert.h.stats()
-        assert st["sent"] == 0 and st["buffered"] == n
-
-        good = standalone("tls.x509.good", mplog.SocketHandler(
-            "127.0.0.1", rs.port, wire="syslog", **_client(certs)))
-        for i in range(n):
-            good.log.info("good %d", i)
-        good.h.flush(30)
-        assert good.h.stats()["sent"] == n and good.last_error() is None
-        rs.wait_count(n)
-        assert [x["msg"].lstrip("\ufeff") for x in rs.lines()] == [f"good {i}" for i in range(n)]
+        _refused_without_our_client_cert(rs, certs, standalone, 300)
+        _delivered_with_our_client_cert(rs, certs, standalone, 300)
     finally:
         rs.stop()
 
@@ -326,22 +340,9 @@ def test_rsyslog_imrelp_tls_relp_wire_acknowledged(
 def test_syslog_ng_tls_source_syslog_wire(
     tmp_path: pathlib.Path, certs: Certs, start_pipeline: Any
 ) -> None:
-    n = 2000
     sng = SyslogNg(tmp_path, tls=certs)  # peer-verify(optional-untrusted): no client cert
     try:
-        p = start_pipeline([_fast(mplog.SocketHandler(
-            "127.0.0.1", sng.port, wire="syslog", app_name="tlsng", tls_ca_file=certs.ca))])
-        log = logging.getLogger("tls.sng")
-        log.info("multi\nline %s", "über")
-        for i in range(n - 1):
-            log.info("m %d", i)
-        assert p.flush(30)
-        assert p.stats()["sent"] == n
-        sng.wait_count(n)
-        lines = sng.lines()
-        assert lines[0]["msg"] == "multi\nline über"  # octet counting kept it whole
-        assert lines[0]["app"] == "tlsng" and lines[0]["msgid"] == "tls.sng"
-        assert [x["msg"] for x in lines[1:]] == [f"m {i}" for i in range(n - 1)]
+        _syslog_tls_delivers_in_order(sng, certs, start_pipeline, "sng")
     finally:
         sng.stop()
 
@@ -349,33 +350,15 @@ def test_syslog_ng_tls_source_syslog_wire(
 def test_syslog_ng_tls_required_trusted_needs_our_client_cert_and_our_ca(
     tmp_path: pathlib.Path, certs: Certs, standalone: Any
 ) -> None:
-    n = 300
     sng = SyslogNg(tmp_path, tls=certs, tls_verify="required-trusted")
     try:
-        nocert = standalone("tls.sng.nocert", mplog.SocketHandler(
-            "127.0.0.1", sng.port, wire="syslog", **_client(certs, cert=False)))
-        for i in range(n):
-            nocert.log.info("nocert %d", i)
-        wait_until(nocert.last_error, 20, "a refused connection")
-        assert (f"TLS handshake with 127.0.0.1:{sng.port} failed: the server requires a client "
-                "certificate") in (nocert.last_error() or ""), nocert.last_error()
-        st = nocert.h.stats()
-        assert st["sent"] == 0 and st["buffered"] == n  # kept, not dropped
-
+        _refused_without_our_client_cert(sng, certs, standalone, 300)
         wrong = standalone("tls.sng.wrongca", mplog.SocketHandler(
             "127.0.0.1", sng.port, wire="syslog", **_client(certs, ca=certs.wrong_ca)))
         wrong.log.info("never")
         wait_until(wrong.last_error, 20, "an untrusted server")
         assert "certificate verify failed" in (wrong.last_error() or ""), wrong.last_error()
-
-        good = standalone("tls.sng.good", mplog.SocketHandler(
-            "127.0.0.1", sng.port, wire="syslog", **_client(certs)))
-        for i in range(n):
-            good.log.info("good %d", i)
-        good.h.flush(30)
-        assert good.h.stats()["sent"] == n and good.last_error() is None
-        sng.wait_count(n)
-        assert [x["msg"] for x in sng.lines()] == [f"good {i}" for i in range(n)]
+        _delivered_with_our_client_cert(sng, certs, standalone, 300)
     finally:
         sng.stop()
 

@@ -296,7 +296,7 @@ def test_prefork_1000_tasks_while_pool_processes_are_killed(tmp_path: pathlib.Pa
     assert loggers - pids_before_kill, "no record from a pool process forked after the kill"
 
 
-# -- other pools: threads, solo, prefork started by spawn, prefork recycling processes -----
+# -- other pools: threads, solo, gevent, prefork started by spawn, prefork recycling processes
 
 
 @pytest.mark.parametrize(
@@ -306,6 +306,7 @@ def test_prefork_1000_tasks_while_pool_processes_are_killed(tmp_path: pathlib.Pa
         for name, args in [
             ("threads", ("--pool", "threads", "--concurrency", "4")),
             ("solo", ("--pool", "solo")),
+            ("gevent", ("--pool", "gevent", "--concurrency", "4")),
             ("prefork-spawn", ("--pool", "prefork", "--concurrency", "2", "--pool-start-method", "spawn")),
             ("prefork-recycled", ("--pool", "prefork", "--concurrency", "2", "--max-tasks-per-child", "10")),
         ]
@@ -322,7 +323,7 @@ def test_pools(pool: str, args: tuple[str, ...], tmp_path: pathlib.Path, redis: 
     assert [row[3] for row in result["tasks"]] == ["SUCCESS"] * 100
     assert len(facts["hello"]) == 100
     names = {r["processName"] for r in facts["hello"]}
-    if pool in ("threads", "solo"):
+    if pool in ("threads", "solo", "gevent"):
         assert facts["pids"] == {worker.pid}, "tasks run in the worker's main process"
     else:
         assert worker.pid not in facts["pids"]

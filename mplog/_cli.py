@@ -187,7 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
         if metrics is not None:
             metrics.close()
     collector.diag.write(collector.summary(), wait=1.0)
-    return 0
+    return 1 if collector.output_gone else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -917,6 +917,8 @@ class Collector:
         self._wake_r.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopping = False
+        #: The output is a pipe nobody reads any more: serve_forever ends (see _stall).
+        self._output_gone = False
         self._stalled_since: float | None = None
         self._next_retry = 0.0
         self._next_sweep = 0.0
@@ -951,6 +953,11 @@ class Collector:
             self._wake_w.send(b"x", socket.MSG_DONTWAIT)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)
+
+    @property
+    def output_gone(self) -> bool:
+        """True if the collector stopped because its output's reader went away."""
+        return self._output_gone
 
     def summary(self) -> str:
         """One line: what this collector did (printed at exit by ``mplog serve``)."""
@@ -1341,6 +1348,17 @@ class Collector:
         self.stats["pending"] = self._out.pending
 
     def _stall(self) -> None:
+        if isinstance(self._out.error, BrokenPipeError) and self._out.path is None:
+            # Stdout is a pipe whose reader is gone (`mplog serve | head`): no retry
+            # brings it back. Stop, as a filter does; what was not written is not
+            # acknowledged, so mplog-wire senders keep it for the next collector. (A
+            # named FIFO given as --output can get a new reader: that one stalls.)
+            if not self._output_gone:
+                self._output_gone = True
+                self.diag.write("the output's reader is gone (broken pipe): stopping; "
+                                "records not written are not acknowledged")
+            self._stopping = True
+            return
         if self._stalled_since is not None:
             return
         now = time.monotonic()
@@ -1364,6 +1382,8 @@ class Collector:
         if not ok:
             self.stats["write_errors"] += 1
             self._next_retry = now + RETRY_OUTPUT
+            if isinstance(self._out.error, BrokenPipeError) and self._out.path is None:
+                self._stall()  # the reader went while the output was stalled: stop
             return
         self.diag.write(f"the output works again after {now - self._stalled_since:.1f} s: "
                         f"{pending} held records written; reading and acknowledging again")

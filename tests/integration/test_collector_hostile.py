@@ -449,3 +449,52 @@ def test_stopped_while_the_disk_is_full_nothing_acknowledged_is_lost(small_disk:
     got = [r["i"] for r in _lines(out) if r.get("name") == "hostile.stopped"]
     assert got == list(range(50))
     assert srv2.terminate() == 0
+
+
+def test_a_reader_that_goes_away_stops_serve_and_nothing_acknowledged_is_lost(tmp_path: pathlib.Path) -> None:
+    # `mplog serve | head -3`: once head exits, every write to stdout is EPIPE for good.
+    # serve used to hold the records and retry every second for ever; it now stops, as a
+    # filter does (exit 1), and what it did not write it never acknowledged.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mplog", "serve", "--port", "0"], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    err: list[bytes] = []
+    pump = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    pump.start()
+    h = None
+    try:
+        banner = wait_until(lambda: next((x for x in err if x.startswith(b"listening on ")), None),
+                            30, "the banner")
+        h = mplog.SocketHandler("127.0.0.1", int(banner.rsplit(b":", 1)[1]), wire="mplog")
+        log = logging.getLogger("hostile.head")
+        log.propagate = False
+        log.addHandler(h)
+        for i in range(500):
+            log.warning("r %d", i)
+        assert proc.stdout is not None
+        head = [proc.stdout.readline() for _ in range(3)]
+        assert all(b'"msg":"r ' in line for line in head), head
+        proc.stdout.close()  # the reader goes
+        assert proc.wait(30) == 1
+        pump.join(10)
+        text = b"".join(err).decode()
+        assert "the output's reader is gone (broken pipe): stopping" in text, text
+        assert "mplog serve: stopped: " in text.strip().splitlines()[-1]
+        st = h.stats()
+        # Nothing lost: written and acknowledged, or still at the sender for another try.
+        assert st["dropped"] == 0 and st["sent"] + st["buffered"] == 500, st
+        assert st["buffered"] > 0, st
+    finally:
+        if h is not None:
+            h.close_timeout = 0.1
+            h.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        pump.join(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -147,10 +147,19 @@ def test_fork_while_8_threads_log(receiver: Receiver, start_pipeline) -> None:
     counts = [0] * 8
     log = logging.getLogger("delivery")
 
+    # Each thread logs BURST records per fork, and each fork happens while they are at it:
+    # a fork meets threads inside log calls, and the records stay bounded (unbounded, a
+    # loaded machine made ~300,000 of them and the check's 30 s wait ran out).
+    burst = 30
+    budget = [burst]
+
     def spin(k: int) -> None:
         while not stop.is_set():
-            log.info("thread %d", counts[k], extra={"tag": f"t{k}", "i": counts[k]})
-            counts[k] += 1
+            if counts[k] < budget[0]:
+                log.info("thread %d", counts[k], extra={"tag": f"t{k}", "i": counts[k]})
+                counts[k] += 1
+            else:
+                time.sleep(0.0002)  # its records for this fork are written: wait for more
 
     threads = [threading.Thread(target=spin, args=(k,)) for k in range(8)]
     for t in threads:
@@ -158,6 +167,13 @@ def test_fork_while_8_threads_log(receiver: Receiver, start_pipeline) -> None:
     children = 0
     try:
         for n in range(200):
+            before = sum(counts)
+            budget[0] += burst
+            started = time.monotonic() + 20
+            while sum(counts) == before:  # fork once the threads are logging again
+                if time.monotonic() > started:
+                    pytest.fail("the logging threads stopped")
+                time.sleep(0)  # let them run
             pid = os.fork()
             if pid == 0:  # child: must not hang on any inherited lock
                 try:

@@ -284,7 +284,7 @@ def encode(record: logging.LogRecord) -> bytes:
             fields = _dict_fields(record, m, msg)
             text = _to_json(fields)
         elif (
-            _own_len(d) == _BASE_LEN
+            (len(d) == _BASE_LEN or _own_len(d) == _BASE_LEN)  # no call for a plain record
             and record.exc_info is None
             and record.exc_text is None
             and record.stack_info is None
@@ -371,7 +371,9 @@ def encode_pickle(record: logging.LogRecord) -> bytes:
     pickle of the dict the listener would send), or, for a record too large for the
     intake, the ``b"R"`` frame of :func:`encode` (cut to fit). Never raises."""
     d = record.__dict__
-    own = _own_len(d)
+    own = len(d)
+    if own != _BASE_LEN:  # the hot path pays no call for a plain record
+        own = _own_len(d)
     if (
         own >= _BASE_LEN
         and record.exc_info is None

@@ -491,21 +491,32 @@ def test_the_intake_refuses_oversized_frames_and_partial_frames_cost_little(rece
 # -- the record pipe a worker's hello hands over --------------------------------------------
 
 
-def _hello_with_fds(address: str, fds: list[int]) -> bytes:
-    """Connect, send the hello with *fds* attached (SCM_RIGHTS), return what the listener
-    sends back before it closes the connection (b"" if it closes at once)."""
+def _connect_with_fds(address: str, fds: list[int]) -> socket.socket:
+    """A connection to the intake whose hello carries *fds* (SCM_RIGHTS), as a worker's
+    carries its record pipe."""
     import array
 
     from mplog._intake import HELLO
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(address)
-        s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-        s.settimeout(10)
-        data = b""
-        while chunk := s.recv(100):
-            data += chunk
-        return data
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(address)
+    s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    return s
+
+
+def _read_to_eof(s: socket.socket) -> bytes:
+    s.settimeout(10)
+    data = b""
+    while chunk := s.recv(100):
+        data += chunk
+    return data
+
+
+def _hello_with_fds(address: str, fds: list[int]) -> bytes:
+    """Connect, send the hello with *fds* attached, return what the listener sends back
+    before it closes the connection (b"" if it closes at once)."""
+    with _connect_with_fds(address, fds) as s:
+        return _read_to_eof(s)
 
 
 @pytest.mark.parametrize("what", ["a file", "a socket", "two pipes"])
@@ -543,20 +554,11 @@ def test_an_oversized_frame_in_the_pipe_closes_that_connection_only(receiver: Re
     p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
     r, w = os.pipe()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            import array
-
-            from mplog._intake import HELLO
-
-            s.connect(p.address)
-            s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+        with _connect_with_fds(p.address, [r]) as s:
             os.close(r)
             r = -1
             os.write(w, HEADER.pack(16 * 1024 * 1024) + b"R" * 1000)
-            s.settimeout(10)
-            data = b""
-            while chunk := s.recv(100):  # the greeting, then EOF: closed by the listener
-                data += chunk
+            data = _read_to_eof(s)  # the greeting, then EOF: closed by the listener
         assert data.startswith(b"mplogI\x01")
     finally:
         os.close(w)
@@ -572,17 +574,12 @@ def test_a_frame_left_half_written_in_a_pipe_still_held_open_is_counted(receiver
     # A worker killed inside a write to a full pipe, with a child of it still holding the
     # pipe's write end: its socket closes, no EOF comes from the pipe, and the half frame
     # must be counted (torn_frames, in dropped), as on the socket, not vanish.
-    import array
-
     from mplog._framing import HEADER
-    from mplog._intake import HELLO
 
     p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
     r, w = os.pipe()  # the test keeps w open: the "child"
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(p.address)
-            s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+        with _connect_with_fds(p.address, [r]):
             os.close(r)
             r = -1
             os.write(w, HEADER.pack(1000) + b"}" + b"x" * 99)  # 100 of its 1000 bytes

@@ -39,7 +39,7 @@ from ._listener import ListenerConfig, StatsBoard
 from ._listener import main as listener_main
 from ._metrics import check_metrics_port
 from ._options import check_bool, check_intake_address, check_level, check_seconds
-from ._ship import reduce_handler
+from ._ship import reduce_handler, release
 from ._stats import Stats
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
 
@@ -152,11 +152,19 @@ def _pickler() -> Any:
         class Pickler(dill.Pickler):  # type: ignore[misc]
             dispatch = dill.Pickler.dispatch.copy()
 
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                #: The handler instances reduce_handler took apart, to release after.
+                self.shipped: list[logging.Handler] = []
+
             def reducer_override(self, obj: Any) -> Any:
                 # Handler instances travel without the parent's lock, file, stream or
                 # socket: see mplog._ship.
                 if isinstance(obj, logging.Handler):
-                    return reduce_handler(obj)
+                    reduced = reduce_handler(obj)
+                    if reduced is not NotImplemented:
+                        self.shipped.append(obj)
+                    return reduced
                 return NotImplemented
 
         Pickler.dispatch[types.ModuleType] = save_module
@@ -195,13 +203,16 @@ def ship_handlers(handlers: Handlers) -> bytes:
                 raise ConfigError(f"handlers must be logging.Handler instances, got {h!r}")
         what = "the handlers"
     buf = io.BytesIO()
+    pickler = _pickler()(buf, recurse=True)
     try:
-        _pickler()(buf, recurse=True).dump(handlers)
+        pickler.dump(handlers)
     except Exception as exc:
         raise ConfigError(
             f"{what} cannot be shipped to the listener process ({type(exc).__name__}: {exc}); "
             "pass a callable that builds them there instead"
         ) from exc
+    for h in pickler.shipped:  # this process's copies are done with: see _ship.release
+        release(h)
     return buf.getvalue()
 
 
@@ -796,8 +807,10 @@ def start(
 
     Args:
         handlers: the handlers the listener passes records to: a list (shipped to the
-            listener process by pickling) or a callable that builds them there (closures
-            and lambdas work).
+            listener process by pickling; the listener opens their files and sockets
+            again, and the copies here close theirs, reopening them only if this
+            process uses them) or a callable that builds them there (closures and
+            lambdas work).
         config: instead of *handlers*, a ``logging.config.dictConfig`` dictionary applied
             in the listener process; the handlers it attaches to the root logger are the
             listener's handlers (``"class": "mplog.SocketHandler"`` works there).

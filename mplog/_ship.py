@@ -34,9 +34,12 @@ import sys
 import threading
 from typing import IO, Any
 
-__all__ = ["reduce_handler", "revive"]
+__all__ = ["reduce_handler", "release", "revive"]
 
 _LOCK_TYPES: tuple[type[Any], ...] = (type(threading.Lock()), type(threading.RLock()))
+
+#: How long :func:`release` waits for a handler's lock another thread holds.
+LOCK_WAIT = 0.5
 
 # Markers for a StreamHandler's stream (anything else is the stream itself, by value).
 _STDERR = "stderr"
@@ -104,6 +107,36 @@ def reduce_handler(handler: logging.Handler) -> Any:
         if isinstance(value, _LOCK_TYPES):
             state[key] = ("__mplog_lock__", isinstance(value, type(threading.RLock())))
     return (revive, (cls, state, kind, stream))
+
+
+def release(handler: logging.Handler) -> None:
+    """In the process that shipped *handler*: close what :func:`reduce_handler` left out,
+    the file the handler opened and its socket. Otherwise this process holds the log file
+    open for the rest of its life (the listener has its own), and the descriptor is closed
+    only by the garbage collector, with a ``ResourceWarning`` (an error under
+    ``-W error``, pytest's ``filterwarnings = error``). The handler stays usable here:
+    each of these is opened again on its first record, as with ``delay=True``."""
+    if _own_reduction(type(handler)):
+        return  # it pickled itself: what it holds is its own business
+    lock = getattr(handler, "lock", None)  # a subclass may have replaced createLock
+    if lock is not None and not lock.acquire(timeout=LOCK_WAIT):
+        return  # a thread here is stuck inside it: leave it to the garbage collector
+    try:
+        h: Any = handler
+        if isinstance(handler, logging.FileHandler):
+            stream, h.stream = h.stream, None
+            if stream is not None:
+                stream.close()
+        sock = None
+        if isinstance(handler, logging.handlers.SysLogHandler):
+            sock, h.socket = getattr(h, "socket", None), None
+        elif isinstance(handler, logging.handlers.SocketHandler):  # DatagramHandler too
+            sock, h.sock = h.sock, None
+        if sock is not None:
+            sock.close()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _reopen(path: str, encoding: str | None, errors: str | None) -> IO[str]:

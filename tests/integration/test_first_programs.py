@@ -99,7 +99,14 @@ def test_stdlib_handler_instances_work_like_a_factory(tmp_path: pathlib.Path, st
         p = start_pipeline(list(handlers.values()), level=logging.INFO)
         for h in handlers.values():
             h.release()
-            h.close()
+        # This process's copies hold nothing open: the listener has its own.
+        mine = {f.path for f in psutil.Process().open_files()}
+        for name, h in handlers.items():
+            if isinstance(h, logging.FileHandler):
+                assert h.stream is None and h.baseFilename not in mine, name
+            if isinstance(h, logging.handlers.SysLogHandler):
+                assert h.socket is None, name
+        assert str(tmp_path / "stream.log") in mine  # a StreamHandler's stream is the user's
         stream = handlers["StreamHandler-file"]
         assert isinstance(stream, logging.StreamHandler)
         stream.stream.close()  # a StreamHandler does not own its stream
@@ -545,3 +552,42 @@ def test_a_temp_dir_too_deep_for_a_socket_path_is_not_a_problem(tmp_path: pathli
     assert flags == "True True True", run.stdout
     assert sorted(out.read_text().splitlines()) == ["main"] + [f"pool {i}" for i in range(4)]
     assert not pathlib.Path(address).parent.exists()  # stop() removed its directory
+
+
+DEV_MODE = """
+import gc, logging, logging.handlers, multiprocessing, os, socket, sys
+import mplog
+
+def work(i):
+    logging.getLogger("app").warning("pool %d", i)
+
+if __name__ == "__main__":
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    p = mplog.start([logging.FileHandler(sys.argv[1]),
+                     logging.handlers.SysLogHandler(udp.getsockname()),
+                     logging.handlers.DatagramHandler(*udp.getsockname())])
+    gc.collect()  # the handlers' copies here are garbage now
+    logging.getLogger("app").warning("main")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(work, range(4))
+    mine = [f.path for f in __import__("psutil").Process().open_files()]
+    print(p.flush(20), sys.argv[1] in mine)
+    p.stop()
+    udp.close()
+"""
+
+
+def test_a_first_program_under_dev_mode_and_warnings_as_errors(tmp_path: pathlib.Path) -> None:
+    # `python -X dev -W error` (and pytest's filterwarnings = error): the handler instances
+    # given to start() kept their file and sockets open in this process until the garbage
+    # collector closed them, each with a ResourceWarning ("Exception ignored in ...").
+    out = tmp_path / "app.log"
+    script = tmp_path / "dev_mode.py"
+    script.write_text(DEV_MODE)
+    run = subprocess.run([sys.executable, "-X", "dev", "-W", "error", str(script), str(out)],
+                         capture_output=True, text=True, env=env_with_root(), cwd=ROOT,
+                         timeout=60, check=False)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert run.stdout.split() == ["True", "False"], run.stdout  # flushed; app.log not held open here
+    assert sorted(out.read_text().splitlines()) == ["main"] + [f"pool {i}" for i in range(4)]

@@ -110,6 +110,7 @@ REFUSAL_REASONS: tuple[str, ...] = (
     "hmac",  # an mplog-wire client with a missing or wrong signature
     "protocol",  # any other mplog-wire protocol violation
     "slow_reader",  # more than MAX_OUTBOUND bytes of answers left unread
+    "unknown_wire",  # first bytes neither the mplog preamble nor a stdlib length prefix
 )
 #: The keys _clean drops: the ones today's senders no longer send (older ones do).
 _DROP = UNSENT_KEYS
@@ -787,6 +788,25 @@ def _peer_name(addr: object) -> str:
     return one_line(addr) if addr else "unix socket peer"
 
 
+def guess_wire(head: bytes) -> str:
+    """What a peer whose first bytes are *head* (at least 4) seems to speak, for the line
+    that refuses it."""
+    first = head[:16]
+    if head[:2] == b"\x16\x03":
+        what = "a TLS handshake, and this collector serves plain TCP (--tls-cert, --tls-key)"
+    elif head[:1] in (b"{", b"["):
+        what = 'JSON lines (wire="jsonl")'
+    elif head[:1] == b"<" and head[1:2].isdigit():
+        what = 'syslog (wire="syslog")'
+    elif head[:1].isdigit():
+        what = "octet-counted syslog (RFC 6587) or RELP"
+    elif head.split(b" ", 1)[0] in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS"):
+        what = "HTTP"
+    else:
+        return f"its first bytes {first!r} are neither the mplog preamble nor a length prefix"
+    return f"its first bytes {first!r} look like {what}"
+
+
 class Collector:
     """Receive records over the mplog and stdlib wires and write them to *output*.
 
@@ -1299,6 +1319,11 @@ class Collector:
                 conn.mplog = ServerConnection(
                     self.key, self.window, max_frame=self.max_frame_bytes
                 )
+            elif data[0] != 0 and int.from_bytes(data[:4], "big") > self.max_frame_bytes:
+                # Not a length prefix we would take either: a peer speaking another wire.
+                self._refuse(conn, "unknown_wire", f"{guess_wire(data)}; mplog serve reads "
+                             "the mplog wire and the stdlib SocketHandler wire")
+                return
             elif self.key is not None:
                 self._refuse_pickle_wire(conn)
                 return

@@ -357,3 +357,46 @@ def test_text_line_is_one_line_for_any_value() -> None:
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
     assert line == ('- INFO\\nCRITICAL a\\rb [p:1] m\\x1b[31m user="x y" n=[1, 2] '
                     'exc_text=Trace\\nback')
+
+
+def test_a_peer_speaking_another_wire_is_told_what_it_seems_to_speak(tmp_path: pathlib.Path) -> None:
+    # A jsonl or syslog sender, a TLS client or curl pointed at serve by mistake: each was
+    # refused as "frame of 2065855593 bytes exceeds the limit" (its first 4 bytes read as a
+    # stdlib length prefix), counted as frame_too_large.
+    import ssl
+
+    serve = Serve(tmp_path / "out.jsonl")
+    heads = {
+        b'{"name": "app", "msg": "hello"}\n': 'JSON lines (wire="jsonl")',
+        b"<14>1 2026-12-01T00:00:00Z host app 7 - - hello\n": 'syslog (wire="syslog")',
+        b"47 <14>1 2026-12-01T00:00:00Z host app 7 - - hello": "octet-counted syslog",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n": "HTTP",
+    }
+    try:
+        for head in heads:
+            with socket.create_connection(("127.0.0.1", serve.port), 10) as c:
+                c.settimeout(10)
+                c.sendall(head)
+                try:
+                    rest = c.recv(100)
+                except ConnectionResetError:  # closed with bytes of ours unread: also a close
+                    rest = b""
+                assert rest == b""  # serve closed it, and said nothing on this wire
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", serve.port), 10) as raw:
+            raw.settimeout(10)
+            with pytest.raises(OSError):  # ssl.SSLError is one
+                ctx.wrap_socket(raw, server_hostname="collector")
+        h = logging.handlers.SocketHandler("127.0.0.1", serve.port)  # the right wire still works
+        h.handle(logging.makeLogRecord({"msg": "after", "levelno": 20}))
+        h.close()
+        wait_until(lambda: serve.count() == 1, what="the stdlib-wire record")
+    finally:
+        assert serve.terminate() == 0
+    err = serve.stderr()
+    for what in [*heads.values(), "a TLS handshake, and this collector serves plain TCP"]:
+        assert f"look like {what}" in err, (what, err)
+    assert "unknown_wire=5" in err and "frame_too_large" not in err, err
+    assert [r["msg"] for r in serve.lines()] == ["after"]

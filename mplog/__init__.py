@@ -4,14 +4,18 @@ Every process hands its records to an :class:`mplog.QueueHandler`; one supervise
 process passes them to your handlers, and :class:`mplog.SocketHandler` owns the single
 connection to the receiver, buffering instead of dropping while it is away.
 
-Importing mplog changes nothing: no handler, thread or hook exists until you call
-:func:`mplog.start` or :func:`mplog.worker_init`. It also loads nothing it does not need:
-each public name is imported on first use (module ``__getattr__``), so a worker that only
-logs never loads the collector, psutil or the wire codecs.
+Importing mplog changes nothing: no handler or thread exists until you call
+:func:`mplog.start` or :func:`mplog.worker_init`. Its one exit hook is registered at
+import, so that it runs after every exit handler registered later (exit handlers run
+last registered first), and does nothing unless a pipeline is running. It also loads
+nothing it does not need: each public name is imported on first use (module
+``__getattr__``), so a worker that only logs never loads the collector, psutil or the
+wire codecs.
 """
 
 from __future__ import annotations
 
+import atexit as _atexit
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -86,4 +90,16 @@ def _join_if_child() -> None:
         join_if_child()
 
 
+def _stop_pipelines_at_exit() -> None:
+    # Registered here, at import, not by start(): an exit handler registered between
+    # ``import mplog`` and ``start()`` (a library's, the program's) runs before this one,
+    # so its records are delivered.
+    import sys
+
+    pipeline = sys.modules.get(__name__ + "._pipeline")
+    if pipeline is not None:
+        pipeline._stop_live_at_exit()
+
+
+_atexit.register(_stop_pipelines_at_exit)
 _join_if_child()

@@ -14,9 +14,9 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import io
+import itertools
 import logging
 import os
 import pathlib
@@ -78,6 +78,7 @@ _DEFAULT_OPTIONS: dict[str, Any] = {
 
 #: Pipelines of this process that are running (started and not yet stopped).
 _live: set[Pipeline] = set()
+_start_order = itertools.count()
 
 Handlers = Sequence[logging.Handler] | Callable[[], Sequence[logging.Handler]]
 
@@ -258,6 +259,25 @@ def _listener_skips_main_import() -> None:
     _prep_wrapped = True
 
 
+def _stop_live_at_exit() -> None:
+    """Stop every pipeline still running, the last started first.
+
+    ``import mplog`` registers it (``mplog.__init__``), not ``start()``: exit handlers run
+    last registered first, so every handler registered after ``import mplog`` (a library
+    imported later, the program's own, one registered before ``start()``) runs while its
+    records can still be delivered."""
+    for pipeline in sorted(_live, key=lambda p: p._started, reverse=True):
+        pipeline.stop()
+
+
+def _untrack(proc: Any) -> None:
+    from multiprocess import process as mp_process
+
+    children = getattr(mp_process, "_children", None)
+    if isinstance(children, set):
+        children.discard(proc)
+
+
 def _forget_inherited_listeners() -> None:
     """In a forked child: forget the listener processes its parent started.
 
@@ -414,7 +434,11 @@ def _held(snap: dict[str, Any]) -> int:
 
 
 class Pipeline:
-    """A running pipeline: one supervised listener process. Use :func:`start`."""
+    """A running pipeline: one supervised listener process. Use :func:`start`.
+
+    A pipeline still running when the interpreter exits is stopped by the exit hook
+    ``import mplog`` registered, after the exit handlers registered since (their records
+    are delivered)."""
 
     def __init__(
         self,
@@ -452,6 +476,7 @@ class Pipeline:
         self._saved_env: str | None = None
         self._saved_level_env: str | None = None
         self._handler: QueueHandler | None = None
+        self._started = next(_start_order)
 
     @property
     def address(self) -> str:
@@ -474,6 +499,11 @@ class Pipeline:
             target=listener_main, args=(self._cfg, w), name=LISTENER_NAME, daemon=False
         )
         proc.start()
+        # Not one of multiprocess's children for its exit handler to join: that handler is
+        # registered when multiprocess is first imported (after mplog's own, see
+        # _stop_live_at_exit), so it runs first, and would wait there for a listener that
+        # ends only when stop() tells it to. This pipeline joins it itself.
+        _untrack(proc)
         w.close()
         try:
             ready = wait([r, proc.sentinel], timeout=self._options["start_timeout"])
@@ -510,7 +540,6 @@ class Pipeline:
             target=self._supervise, name="mplog-supervisor", daemon=True
         )
         self._supervisor.start()
-        atexit.register(self._atexit)
         _live.add(self)
         if self._install:
             root = logging.getLogger()
@@ -713,7 +742,6 @@ class Pipeline:
         if self._options["start_method"] == "forkserver":
             _stop_forkserver(left(TRACKER_WAIT))
         _stop_resource_tracker(left(TRACKER_WAIT))
-        atexit.unregister(self._atexit)
         with self._lock:
             self._stopped = True
 
@@ -760,9 +788,6 @@ class Pipeline:
                 os.environ.pop(ENV_LEVEL, None)
             else:
                 os.environ[ENV_LEVEL] = self._saved_level_env
-
-    def _atexit(self) -> None:
-        self.stop()
 
     def __enter__(self) -> Pipeline:
         return self

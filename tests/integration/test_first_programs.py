@@ -591,3 +591,39 @@ def test_a_first_program_under_dev_mode_and_warnings_as_errors(tmp_path: pathlib
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert run.stdout.split() == ["True", "False"], run.stdout  # flushed; app.log not held open here
     assert sorted(out.read_text().splitlines()) == ["main"] + [f"pool {i}" for i in range(4)]
+
+
+EXIT_HOOKS = """
+import atexit, logging, multiprocessing, sys
+import mplog
+
+def work(i):
+    logging.getLogger("app").info("pool %d", i)
+
+if __name__ == "__main__":
+    # A library's or the program's own exit handler, registered after `import mplog` but
+    # before start(): it ran after the pipeline's stop, and its record was lost.
+    atexit.register(logging.getLogger("app").info, "exit hook registered before start")
+    p = mplog.start([logging.FileHandler(sys.argv[1])], level=logging.INFO,
+                    start_method=sys.argv[2])
+    atexit.register(logging.getLogger("app").info, "exit hook registered after start")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(work, range(2))
+    logging.getLogger("app").info("main")
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_records_of_exit_handlers_registered_before_start_are_delivered(
+    tmp_path: pathlib.Path, method: str
+) -> None:
+    out = tmp_path / "app.log"
+    script = tmp_path / "exit_hooks.py"
+    script.write_text(EXIT_HOOKS)
+    run = subprocess.run([sys.executable, str(script), str(out), method], capture_output=True,
+                         text=True, env=env_with_root(), cwd=ROOT, timeout=60, check=False)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert sorted(out.read_text().splitlines()) == [
+        "exit hook registered after start", "exit hook registered before start", "main",
+        "pool 0", "pool 1",
+    ]

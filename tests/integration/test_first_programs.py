@@ -627,3 +627,47 @@ def test_records_of_exit_handlers_registered_before_start_are_delivered(
         "exit hook registered after start", "exit hook registered before start", "main",
         "pool 0", "pool 1",
     ]
+
+
+RAW_FORK = """
+import ctypes, logging, os, sys
+import mplog
+
+fork = ctypes.PyDLL(None).fork  # fork(2) itself, holding the GIL: no Python at-fork hook runs
+
+if __name__ == "__main__":
+    p = mplog.start([logging.FileHandler(sys.argv[1])], level=logging.INFO)
+    log = logging.getLogger("app")
+    kids = []
+    for k in range(20):
+        log.info("parent before %d", k)
+        pid = fork()
+        if pid == 0:
+            for i in range(50):
+                log.info("child %d record %d", k, i)
+            logging.getLogger().handlers[0].flush()  # waits for the listener's ack
+            os._exit(0)
+        kids.append(pid)
+        log.info("parent after %d", k)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in kids]
+    print(codes == [0] * 20, p.flush(20))
+    p.stop()
+    s = p.stats()
+    print(s["received"], s["handled"], s["dropped"], s["torn_frames"], s["bad_frames"])
+"""
+
+
+def test_a_fork_that_runs_no_at_fork_hooks(tmp_path: pathlib.Path) -> None:
+    # uWSGI (without --py-call-osafterfork) and C extensions fork without Python's at-fork
+    # hooks: the child notices the new pid at its first record and opens its own connection
+    # instead of writing into the parent's.
+    out = tmp_path / "app.log"
+    script = tmp_path / "raw_fork.py"
+    script.write_text(RAW_FORK)
+    run = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
+                         env=env_with_root(), cwd=ROOT, timeout=60, check=False)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert run.stdout.splitlines() == ["True True", "1040 1040 0 0 0"], run.stdout
+    want = [f"child {k} record {i}" for k in range(20) for i in range(50)]
+    want += [f"parent {w} {k}" for w in ("before", "after") for k in range(20)]
+    assert sorted(out.read_text().splitlines()) == sorted(want)

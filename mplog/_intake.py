@@ -201,6 +201,8 @@ class IntakeClient:
         #: Records are being held in memory (see _hold); the next connection attempt is
         #: not before _next_try.
         self._holding = False
+        #: The last connect was refused for permissions (see _connect).
+        self._denied = False
         self._next_try = 0.0
         self._lost = 0
         self._lost_first = 0.0
@@ -452,9 +454,13 @@ class IntakeClient:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
             s.connect(self.address)
             wfd = self._open_pipe(s)
-        except OSError:
+        except OSError as exc:
             s.close()
+            # Not an outage: waiting will not change it (a process that setuid() after
+            # the pipeline was made for root alone).
+            self._denied = isinstance(exc, PermissionError)
             return None
+        self._denied = False
         self._new_connection_state()
         self._holding = False
         self._acked = 0
@@ -568,6 +574,9 @@ class IntakeClient:
                 if self._holding and time.monotonic() < self._next_try:
                     return self._hold(frame)  # tried a moment ago: do not retry per record
                 sock = self._sock = self._connect()
+                if sock is None and self._denied:
+                    self._lose(frame, time.monotonic())
+                    return False
             if sock is not None:
                 try:
                     self._write(frame)
@@ -636,7 +645,13 @@ class IntakeClient:
             text = f"{d['levelname']} {d['name']}: {d['msg']}"
         except ProtocolError as exc:
             text = f"(undecodable record: {exc})"
-        line = f"mplog: listener unreachable at {self.address}; record not delivered: {text}\n"
+        if self._denied:
+            from ._options import denied_reason
+
+            why = f"cannot connect to the listener at {self.address} ({denied_reason()})"
+        else:
+            why = f"listener unreachable at {self.address}"
+        line = f"mplog: {why}; record not delivered: {text}\n"
         try:
             os.write(2, line.encode("utf-8", "backslashreplace"))
         except OSError:
@@ -673,8 +688,9 @@ def control_request(address: str, message: dict[str, Any], timeout: float) -> di
             raise MplogError(f"listener at {address} unreachable: {exc}") from exc
 
 
-def bind(address: str) -> socket.socket:
-    """Bind and listen on the Unix socket *address*, replacing a stale socket file."""
+def bind(address: str, owner: tuple[int, int] | None = None) -> socket.socket:
+    """Bind and listen on the Unix socket *address*, replacing a stale socket file; give
+    it to *owner* (uid, gid) if set (``start(worker_user=...)``)."""
     if os.path.lexists(address):
         if not stat.S_ISSOCK(os.lstat(address).st_mode):
             raise OSError(f"{address} exists and is not a socket")
@@ -686,6 +702,8 @@ def bind(address: str) -> socket.socket:
             s.bind(address)
         finally:
             os.umask(old)
+        if owner is not None:
+            os.chown(address, *owner)  # before listen(): nobody connects as the old owner
         s.listen(1024)
         s.setblocking(False)
     except OSError:

@@ -302,7 +302,7 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         ready.send(("error", f"building the handlers failed: {why}"))
         return
     try:
-        lsock = bind(cfg.address)
+        lsock = bind(cfg.address, cfg.options.get("intake_owner"))
     except OSError as exc:
         ready.send(("error", f"cannot listen on address {cfg.address!r}: {exc}"))
         return

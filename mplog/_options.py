@@ -174,10 +174,18 @@ def check_intake_address(address: str, who: str, *, timeout: float = CONNECT_CHE
         if time.monotonic() - start >= budget or why == "not a socket":
             break
         time.sleep(0.02)
+    if why == denied_reason():
+        raise ConfigError(f"{who}: may not connect to the mplog listener at {_r(address)} ({why})")
     raise ConfigError(
         f"{who}: no mplog listener at {_r(address)} ({why}); pass the address of a running "
         "pipeline (Pipeline.address, or MPLOG_ADDRESS as start() exports it)"
     )
+
+
+def denied_reason() -> str:
+    """Why this process may not connect to an intake socket it can see."""
+    return (f"permission denied: this process runs as uid {os.geteuid()}, and the pipeline "
+            "was not started with worker_user= for it")
 
 
 def _try_connect(address: str) -> str | None:
@@ -188,6 +196,8 @@ def _try_connect(address: str) -> str | None:
         s.connect(address)
     except FileNotFoundError:
         return "no such socket file"
+    except PermissionError:
+        return denied_reason()
     except ConnectionRefusedError:
         if os.path.exists(address) and not stat.S_ISSOCK(os.stat(address).st_mode):
             return "not a socket"

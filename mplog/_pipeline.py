@@ -74,6 +74,8 @@ _DEFAULT_OPTIONS: dict[str, Any] = {
     "start_method": "spawn",
     "start_timeout": 60.0,
     "metrics_port": None,
+    "worker_user": None,
+    "worker_group": None,
 }
 
 #: Pipelines of this process that are running (started and not yet stopped).
@@ -816,7 +818,44 @@ def check_options(options: dict[str, Any], who: str) -> dict[str, Any]:
             f"got {opts['start_method']!r}"
         )
     opts["start_timeout"] = check_seconds(opts["start_timeout"], "start_timeout")
+    opts["intake_owner"] = intake_owner(opts["worker_user"], opts["worker_group"])
     return opts
+
+
+def intake_owner(user: Any, group: Any) -> tuple[int, int] | None:
+    """The (uid, gid) to give the intake's socket and private directory for workers that
+    run as *user* (and *group*: by default that user's primary group); None to leave them
+    this process's. :class:`ConfigError` for an unknown name or when this process may not
+    give them away (only root may)."""
+    import grp
+    import pwd
+
+    if user is None:
+        if group is not None:
+            raise ConfigError("worker_group= needs worker_user=")
+        return None
+    for what, value in (("worker_user", user), ("worker_group", group)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+            raise ConfigError(f"{what} must be a name or a number, got {value!r}")
+    try:
+        entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+    except (KeyError, OverflowError, ValueError):
+        raise ConfigError(f"worker_user={user!r}: no such user") from None
+    uid, gid = entry.pw_uid, entry.pw_gid
+    if group is not None:
+        try:
+            found = grp.getgrnam(group) if isinstance(group, str) else grp.getgrgid(group)
+            gid = found.gr_gid
+        except (KeyError, OverflowError, ValueError):
+            raise ConfigError(f"worker_group={group!r}: no such group") from None
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        return None  # they are this process's already
+    if os.geteuid() != 0:
+        raise ConfigError(
+            f"worker_user={user!r}: only root can give the intake socket to another user "
+            f"(this process runs as uid {os.geteuid()})"
+        )
+    return uid, gid
 
 
 def start(
@@ -849,6 +888,11 @@ def start(
         metrics_port: serve ``GET /metrics`` (Prometheus) on 127.0.0.1 at this port from
             the listener (0: a free port, see ``stats()["metrics_port"]``); needs
             ``pip install 'mplog[metrics]'``.
+        worker_user: the user (name or uid) workers run as when a process started as
+            root hands them to another one (gunicorn's ``user``, ``setuid()`` after a
+            fork): the intake's socket and directory become that user's (and
+            *worker_group*'s, by default the user's primary group), so its processes can
+            connect again after the listener is restarted. Only root may set it.
 
     Raises:
         ConfigError: an unknown option, a bad handlers argument, an address that cannot be
@@ -876,12 +920,15 @@ def start(
     if address is None:
         tmpdir = _private_dir()
         address = os.path.join(tmpdir, "intake.sock")
+        if opts["intake_owner"] is not None:
+            os.chown(tmpdir, *opts["intake_owner"])  # still 0700: theirs, and root's
     address = os.fspath(address)
     try:
         _check_address(address)
         cfg = ListenerConfig(
             address=address, handlers=payload, parent_pid=os.getpid(),
-            options={"metrics_port": check_metrics_port(opts["metrics_port"])},
+            options={"metrics_port": check_metrics_port(opts["metrics_port"]),
+                     "intake_owner": opts["intake_owner"]},
         )
         pipeline = Pipeline(cfg, tmpdir=tmpdir, install=install, level=level, options=opts)
         pipeline._start()

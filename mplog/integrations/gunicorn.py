@@ -201,8 +201,11 @@ def _reconfigure(new: _Config) -> None:
     old.level = new.level
 
 
-def _ensure_started() -> Pipeline:
-    """Start the pipeline in this process (the arbiter) unless it runs already."""
+def _ensure_started(server_cfg: Any = None) -> Pipeline:
+    """Start the pipeline in this process (the arbiter) unless it runs already.
+
+    Workers that gunicorn's ``user``/``group`` settings make another user's get the
+    intake for that user (``worker_user=``), unless ``configure()`` said otherwise."""
     if _state.pipeline is not None and _state.owner == os.getpid():
         return _state.pipeline
     cfg = _state.config
@@ -210,8 +213,14 @@ def _ensure_started() -> Pipeline:
         raise _ServerConfigError(
             f"mplog's gunicorn hooks are in use but configure() was not called: {_FIX}"
         )
+    options = dict(cfg.options)
+    uid, gid = getattr(server_cfg, "uid", None), getattr(server_cfg, "gid", None)
+    mine = (os.geteuid(), os.getegid())
+    others = isinstance(uid, int) and isinstance(gid, int) and (uid, gid) != mine
+    if others and "worker_user" not in options:
+        options.update(worker_user=uid, worker_group=gid)
     try:
-        pipeline = start(_Build(cfg.payload), level=cfg.level, address=cfg.address, **cfg.options)
+        pipeline = start(_Build(cfg.payload), level=cfg.level, address=cfg.address, **options)
     except ConfigError as exc:
         raise _ServerConfigError(f"mplog could not start its pipeline: {exc}") from exc
     _state.pipeline = pipeline
@@ -264,7 +273,7 @@ class Logger(_GunicornLogger):  # type: ignore[misc]
                 if getattr(h, "_gunicorn", False) and type(h) is logging.StreamHandler:
                     log.removeHandler(h)
             log.propagate = True
-        pipeline = _ensure_started()
+        pipeline = _ensure_started(cfg)
         assert _state.config is not None
         _reinstall(pipeline, _state.config.level)
 
@@ -296,7 +305,7 @@ def on_starting(server: Any) -> None:
     Raises:
         ConfigError: ``configure()`` was not called.
     """
-    pipeline = _ensure_started()
+    pipeline = _ensure_started(getattr(server, "cfg", None))
     assert _state.config is not None
     _reinstall(pipeline, _state.config.level)
 

@@ -269,6 +269,11 @@ def test_stop_with_a_stuck_handler_is_bounded_and_counts_the_loss(capfd: pytest.
         ({"start_timeout": "10"}, "start_timeout must be a number of seconds > 0, got '10'"),
         ({"install": "yes"}, "install must be True or False, got 'yes'"),
         ({"address": 42}, "address must be a Unix socket path (str) or None, got int"),
+        ({"worker_user": "no-such-user-here"}, "worker_user='no-such-user-here': no such user"),
+        ({"worker_user": "nobody", "worker_group": "no-such-group"},
+         "worker_group='no-such-group': no such group"),
+        ({"worker_group": "nogroup"}, "worker_group= needs worker_user="),
+        ({"worker_user": True}, "worker_user must be a name or a number, got True"),
     ],
 )
 def test_start_checks_every_option(kwargs: dict[str, object], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -671,3 +676,66 @@ def test_a_fork_that_runs_no_at_fork_hooks(tmp_path: pathlib.Path) -> None:
     want = [f"child {k} record {i}" for k in range(20) for i in range(50)]
     want += [f"parent {w} {k}" for w in ("before", "after") for k in range(20)]
     assert sorted(out.read_text().splitlines()) == sorted(want)
+
+
+SETUID = """
+import logging, os, signal, sys, time
+import mplog
+from tests.helpers import wait_until
+
+if __name__ == "__main__":
+    extra = {"worker_user": "nobody"} if sys.argv[2] == "worker_user" else {}
+    p = mplog.start([logging.FileHandler(sys.argv[1])], level=logging.INFO, **extra)
+    log = logging.getLogger("app")
+    (to_parent_r, to_parent), (to_child, to_child_w) = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker that drops its privileges, as gunicorn's and celery's do
+        os.setgid(65534)
+        os.setuid(65534)
+        t = time.monotonic()
+        log.info("child before the restart")
+        took = time.monotonic() - t
+        logging.getLogger().handlers[0].flush()
+        os.write(to_parent, b"1")  # the parent kills the listener now
+        os.read(to_child, 1)  # ... and a new one is up
+        log.info("child after the restart")
+        logging.getLogger().handlers[0].flush()
+        print(f"{took:.1f}", flush=True)
+        os._exit(0)
+    os.read(to_parent_r, 1)
+    old = p.pid
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: p.pid != old, 30, "a new listener")
+    os.write(to_child_w, b"2")
+    os.waitpid(pid, 0)
+    p.flush(10)
+    p.stop()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setuid() needs root")
+@pytest.mark.parametrize("mode", ["worker_user", "without"])
+def test_a_worker_that_drops_privileges(tmp_path: pathlib.Path, mode: str) -> None:
+    # A worker that setuid()s to another user after the fork: its first connection after
+    # that was refused (the intake is root's), and each record waited the whole 2 s outage
+    # budget before going to stderr as "listener unreachable". With worker_user= the
+    # intake is that user's, also after a listener restart; without, the refusal is said
+    # at once, for what it is.
+    out = tmp_path / "app.log"
+    script = tmp_path / "setuid.py"
+    script.write_text(SETUID)
+    run = subprocess.run([sys.executable, str(script), str(out), mode], capture_output=True,
+                         text=True, env=env_with_root(), cwd=ROOT, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    took = float(run.stdout)
+    assert took < 1.0, took  # no outage budget waited out
+    lines = out.read_text().splitlines()
+    if mode == "worker_user":
+        assert lines == ["child before the restart", "child after the restart"], lines
+        assert "record not delivered" not in run.stderr, run.stderr
+    else:
+        assert lines == []
+        denied = [x for x in run.stderr.splitlines() if "record not delivered" in x]
+        assert len(denied) == 2 and all(
+            "permission denied: this process runs as uid 65534, and the pipeline was not "
+            "started with worker_user= for it" in x for x in denied), run.stderr

@@ -397,6 +397,43 @@ def test_listener_sigkilled_under_gunicorn_is_restarted(
     assert out == "", out
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="gunicorn's user setting needs root")
+def test_workers_run_as_another_user_reconnect_to_a_restarted_listener(
+    tmp_path: pathlib.Path, rundir: pathlib.Path, receiver: Receiver, gunicorn
+) -> None:
+    """gunicorn started as root with ``user = "nobody"``: each worker connected as root (it
+    logs before gunicorn drops its privileges) and kept working, until the listener was
+    restarted: the new intake socket was root's alone, and every worker record went to
+    stderr as "listener unreachable". The integration now hands the intake to gunicorn's
+    user (``worker_user=``)."""
+    cfg = write_config(tmp_path / "gunicorn.conf.py", rundir / "http.sock",
+                       HANDLER_LIST.format(port=receiver.port, retry_max=0.3, level="INFO"),
+                       workers=2, user="nobody", group="nogroup")
+    g = gunicorn("-c", str(cfg))
+    g.wait_listening()
+
+    def workers() -> list[psutil.Process]:
+        return [p for p in psutil.Process(g.pid).children() if p.uids().real == 65534]
+
+    wait_until(lambda: len(workers()) == 2, 30, "two workers running as nobody")
+    first = [f"first-{i}" for i in range(10)]
+    run_requests(g.sock, first, clients=4)
+    receiver.wait_records(len(first), 20, where=lambda r: r["name"] == APP_LOGGER)
+    (old,) = [p for p in psutil.Process(g.pid).children()
+              if "listener" in p.name() + " ".join(p.cmdline())]
+    old.kill()
+    wait_until(lambda: receiver.connections() == 2, 30, "the new listener's connection")
+    second = [f"second-{i}" for i in range(10)]
+    assert {s for s, _ in run_requests(g.sock, second, clients=4).values()} == {200}
+    assert g.terminate() == 0, g.output()
+    g.assert_nothing_left()
+    records = wait_shutdown_record(receiver)
+    assert sorted(r["request_id"] for r in by_name(records, APP_LOGGER)) == sorted(first + second)
+    out = "".join(line for line in g.output().splitlines(keepends=True)
+                  if not re.match(r"mplog: the listener \(pid \d+\) ended with exit code (-9|None); up to \d+ records", line))
+    assert out == "", out
+
+
 def test_ctrl_c_to_the_whole_process_group(
     tmp_path: pathlib.Path, rundir: pathlib.Path, receiver: Receiver, gunicorn
 ) -> None:

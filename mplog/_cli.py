@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket instead")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--output", default="-", metavar="FILE",
-                       help="append records to FILE ('-': stdout, the default)")
+                       help="append records to FILE ('-': stdout, the default); SIGHUP "
+                            "reopens it (logrotate)")
     serve.add_argument("--hmac-key-file", metavar="FILE",
                        help="require mplog-wire frames signed with the key in FILE")
     serve.add_argument("--text", action="store_true", help="human-readable lines, not JSON")
@@ -177,6 +178,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if args.output != "-":
+        # logrotate's "postrotate kill -HUP": write on in a new file at the same path.
+        signal.signal(signal.SIGHUP, lambda signum, frame: collector.reopen())
     # With records on stdout, stdout carries nothing else (`mplog serve | jq` works);
     # with a file, the banner is the first stdout line (scripts wait for it).
     banner = sys.stderr if args.output == "-" else sys.stdout

@@ -726,6 +726,24 @@ class _Output:
         self._size = 0
         self._renamed = False
 
+    def reopen(self) -> bool:
+        """Open the output path again (it was moved away: logrotate), and write on there.
+        False, changing nothing, while a line is written in part: its rest goes to the
+        file it began in, so call again after the next :meth:`flush`. OSError if the path
+        cannot be opened (the old file is kept)."""
+        if not self._own_fd or self.path is None:
+            return True  # stdout or a stream: nothing to reopen
+        if self._offset:
+            return False
+        if self._unsynced:
+            os.fsync(self._fd)  # what was acknowledged is on disk before the old fd goes
+            self._unsynced = False
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.close(self._fd)
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+        return True
+
     def close(self) -> None:
         if self._own_fd and self._fd >= 0:
             os.close(self._fd)
@@ -850,6 +868,7 @@ class Collector:
         output_stalls       times the output failed and reading stopped
         write_errors        failed tries to write the output (first one and retries)
         lost_on_exit        records read but never written: the output still failed at stop
+        reopens             times the output file was opened again (reopen(), SIGHUP)
         diagnostics_suppressed  stderr lines left out by the rate limit
         diagnostics_dropped     stderr lines left out because stderr was full
     """
@@ -937,6 +956,7 @@ class Collector:
         self._wake_r.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopping = False
+        self._reopen = False  # reopen() asked for; done by the loop
         #: The output is a pipe nobody reads any more: serve_forever ends (see _stall).
         self._output_gone = False
         self._stalled_since: float | None = None
@@ -951,7 +971,7 @@ class Collector:
             **{f"refusals_{r}": 0 for r in REFUSAL_REASONS},
             "output_stalls": 0, "write_errors": 0, "lost_on_exit": 0,
             "diagnostics_suppressed": 0, "diagnostics_dropped": 0,
-            "tls_failures": 0,
+            "tls_failures": 0, "reopens": 0,
         }
 
     @property
@@ -965,6 +985,14 @@ class Collector:
                                         daemon=True)
         self._thread.start()
         return self._thread
+
+    def reopen(self) -> None:
+        """Open the output file again, by its path, at the next loop turn (``mplog serve``
+        does on SIGHUP: logrotate moved it away); safe from any thread or signal handler.
+        Every line goes whole to one file, and nothing is lost or written twice."""
+        self._reopen = True
+        with contextlib.suppress(OSError):  # already woken, or closed: the loop is ending
+            self._wake_w.send(b"x", socket.MSG_DONTWAIT)
 
     def stop(self) -> None:
         """Stop accepting, flush the output, close; safe from any thread or signal handler."""
@@ -1017,11 +1045,26 @@ class Collector:
                         if (mask & selectors.EVENT_READ and conn.sock in self._conns
                                 and self._stalled_since is None):
                             self._read(conn)
+                if self._reopen:
+                    self._reopen_output()
                 self._housekeeping()
                 if self._handshakes:
                     self._expire_handshakes()
         finally:
             self._close()
+
+    def _reopen_output(self) -> None:
+        try:
+            done = self._out.reopen()
+        except OSError as exc:
+            self._reopen = False
+            self.diag.say("reopen", f"cannot reopen the output {self._out.path!r} ({exc}); "
+                          "writing on in the old file")
+            return
+        if done:  # else a line is half written: again at the next turn
+            self._reopen = False
+            self.stats["reopens"] += 1
+            self.diag.say("reopen", f"reopened the output {self._out.path!r}")
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # nothing more to drain

@@ -400,3 +400,40 @@ def test_a_peer_speaking_another_wire_is_told_what_it_seems_to_speak(tmp_path: p
         assert f"look like {what}" in err, (what, err)
     assert "unknown_wire=5" in err and "frame_too_large" not in err, err
     assert [r["msg"] for r in serve.lines()] == ["after"]
+
+
+def test_logrotate_moves_the_output_and_a_hup_reopens_it_under_load(tmp_path: pathlib.Path, start_pipeline) -> None:
+    # logrotate's default ("create", then `postrotate kill -HUP`): the file is renamed while
+    # records stream in, and the collector must write on in a new file at the same path,
+    # with every line whole in one of the files and each record in exactly one.
+    workers, per_worker = 4, 20_000 // 4
+    out = tmp_path / "out.jsonl"
+    srv = Serve(out, 0)
+    try:
+        h = mplog.SocketHandler("127.0.0.1", srv.port, wire="mplog")
+        p = start_pipeline([h])
+        ctx = multiprocessing.get_context("fork")
+        rotated = []
+        with ctx.Pool(workers, initializer=mplog.worker_init, initargs=(p.address,)) as pool:
+            result = pool.map_async(_log_numbered, [per_worker] * workers)
+            for k in range(3):
+                wait_until(lambda: srv.count() >= 500, timeout=60, what="500 lines in the new file")
+                moved = out.with_name(f"out.jsonl.{k + 1}")
+                out.rename(moved)
+                rotated.append(moved)
+                assert srv.proc is not None
+                srv.proc.send_signal(signal.SIGHUP)
+                wait_until(out.exists, timeout=30, what="the reopened output")
+            result.get(120)
+        assert p.flush(60)
+        assert srv.terminate() == 0
+        lines = []
+        for f in [*rotated, out]:
+            data = f.read_bytes()
+            assert data.endswith(b"\n"), f.name  # no line cut by the move
+            lines += [json.loads(x) for x in data.splitlines()]
+        _assert_exactly_once_in_order(sorted(lines, key=lambda r: r["mplog_seq"]), per_worker, workers)
+        assert srv.stderr().count("reopened the output") == 3, srv.stderr()
+        assert out.stat().st_size > 0  # records went on into the last new file
+    finally:
+        srv.stop()

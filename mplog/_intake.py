@@ -44,7 +44,6 @@ import signal
 import socket
 import stat
 import struct
-import sys
 import threading
 import time
 import weakref
@@ -64,6 +63,7 @@ from ._record import (
     is_record,
     make_record,
 )
+from ._stderr import say
 from ._text import iso_local
 
 if TYPE_CHECKING:
@@ -895,7 +895,7 @@ class IntakeServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: keep serving who we have
-                sys.stderr.write(f"mplog listener: accept failed: {exc}\n")
+                say(f"mplog listener: accept failed: {exc}")
                 return
             sock.setblocking(False)
             self.conns[sock] = _Conn(sock)
@@ -1011,7 +1011,7 @@ class IntakeServer:
         except ProtocolError as exc:
             if data:
                 self.bad_frames += 1
-                sys.stderr.write(f"mplog listener: closing a connection: {exc}\n")
+                say(f"mplog listener: closing a connection: {exc}")
             else:
                 self.torn_frames += 1
             self._close_conn(sock)
@@ -1099,7 +1099,7 @@ class IntakeServer:
             # Acknowledged to the worker all the same (it cannot be handled again): counted
             # as dropped, the whole batch (an upper bound: some may have been buffered).
             self.handler_lost += len(batch)
-            sys.stderr.write(f"mplog listener: handler failed: {type(exc).__name__}: {exc}\n")
+            say(f"mplog listener: handler failed: {type(exc).__name__}: {exc}")
 
     def _process(self, sock: socket.socket, bodies: list[bytes]) -> bool:
         """Handle the frames of one read; False if the connection was closed."""
@@ -1146,7 +1146,7 @@ class IntakeServer:
 
     def _bad(self, sock: socket.socket, exc: Exception) -> bool:
         self.bad_frames += 1
-        sys.stderr.write(f"mplog listener: closing a connection that sent a bad frame: {exc}\n")
+        say(f"mplog listener: closing a connection that sent a bad frame: {exc}")
         self._close_conn(sock)
         return False
 
@@ -1332,7 +1332,7 @@ class IntakeServer:
                 h.close()
             except Exception as exc:
                 self.handler_errors += 1
-                sys.stderr.write(f"mplog listener: closing a handler failed: {exc}\n")
+                say(f"mplog listener: closing a handler failed: {exc}")
         for sock, _, _ in self._flushes:
             self._reply(sock, {"ok": False})
         if self._stop_reply is not None:

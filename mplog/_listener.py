@@ -30,6 +30,7 @@ from . import _autojoin, _poll
 from ._errors import ConfigError
 from ._intake import IDLE_TICK, ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
 from ._proctitle import set_listener_title
+from ._stderr import say
 from .handlers import QueueListener, SocketHandler
 
 __all__ = ["ListenerConfig", "StatsBoard", "main"]
@@ -135,7 +136,7 @@ def _set_pdeathsig(sig: int) -> None:
         libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError) as exc:
         # Not fatal: the getppid() check on every loop turn still notices.
-        sys.stderr.write(f"mplog listener: PR_SET_PDEATHSIG unavailable ({exc})\n")
+        say(f"mplog listener: PR_SET_PDEATHSIG unavailable ({exc})")
 
 
 def build_handlers(payload: bytes) -> list[logging.Handler]:
@@ -225,7 +226,7 @@ class _Watchdog:
                 stats = self.publish()
             except Exception as exc:  # keep watching the parent whatever happens here
                 if not failed:
-                    sys.stderr.write(f"mplog listener: cannot publish the counters: {exc}\n")
+                    say(f"mplog listener: cannot publish the counters: {exc}")
                 failed = True
             else:
                 published = (int(stats.get("received", 0)), int(stats.get("buffered", 0)), now)
@@ -239,11 +240,11 @@ class _Watchdog:
         try:
             os.kill(os.getpid(), signal.SIGUSR1)  # wake the loop (its signal wakeup fd)
         except OSError as exc:
-            sys.stderr.write(f"mplog listener: cannot wake the main loop: {exc}\n")
+            say(f"mplog listener: cannot wake the main loop: {exc}")
         time.sleep(ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN)
-        sys.stderr.write(
+        say(
             "mplog listener: the parent process is gone and a handler did not finish in "
-            f"{ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN:.1f} s; exiting without it\n"
+            f"{ORPHAN_CLOSE_TIMEOUT + ORPHAN_MARGIN:.1f} s; exiting without it"
         )
         pathlib.Path(self.cfg.address).unlink(missing_ok=True)
         os._exit(1)
@@ -260,7 +261,7 @@ def _raise_fd_limit() -> None:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (OSError, ValueError) as exc:  # a hard limit above the kernel's (macOS)
-            sys.stderr.write(f"mplog listener: keeping the soft fd limit {soft}: {exc}\n")
+            say(f"mplog listener: keeping the soft fd limit {soft}: {exc}")
 
 
 def main(cfg: ListenerConfig, ready: Any) -> None:

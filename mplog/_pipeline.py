@@ -41,6 +41,7 @@ from ._metrics import check_metrics_port
 from ._options import check_bool, check_intake_address, check_level, check_seconds
 from ._ship import reduce_handler, release
 from ._stats import Stats
+from ._stderr import say
 from .handlers import ENV_ADDRESS, QueueHandler, resolve_address
 
 __all__ = ["Pipeline", "check_level", "start", "worker_init"]
@@ -577,8 +578,8 @@ class Pipeline:
                 except ConfigError as exc:
                     failures += 1
                     delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                    sys.stderr.write(
-                        f"mplog: restarting the listener failed ({exc}); next try in {delay} s\n"
+                    say(
+                        f"mplog: restarting the listener failed ({exc}); next try in {delay} s"
                     )
                 else:
                     failures = 0
@@ -623,10 +624,10 @@ class Pipeline:
                 # Its counters are up to WATCHDOG_TICK old: some of these may have been
                 # delivered in that last moment. Counted as dropped (an upper bound), and
                 # said so, rather than a loss nobody counts.
-                sys.stderr.write(
+                say(
                     f"mplog: the listener (pid {pid}) ended with exit code {exitcode}; up to "
                     f"{held} records it held in memory may not have been delivered (counted "
-                    "in dropped)\n"
+                    "in dropped)"
                 )
 
     def _merged(self, live: dict[str, Any] | None) -> dict[str, Any]:
@@ -727,9 +728,9 @@ class Pipeline:
             self._final_stats = self._merged(final)
             newly = int(final.get("dropped", 0)) - int((before or {}).get("dropped", 0))
             if newly > 0:
-                sys.stderr.write(
+                say(
                     f"mplog: {newly} records could not be delivered before the pipeline "
-                    f"stopped (counted in dropped)\n"
+                    f"stopped (counted in dropped)"
                 )
         else:
             self._absorb_dead_listener_at_stop(proc, before, why, timeout)
@@ -764,9 +765,9 @@ class Pipeline:
             base["restarts"] = self.restarts
             self._final_stats = base
         pid = getattr(proc, "pid", None)
-        sys.stderr.write(
+        say(
             f"mplog: the listener (pid {pid}) did not stop within {timeout} s ({why}) and was "
-            f"killed; {held} records it held were not delivered (counted in dropped)\n"
+            f"killed; {held} records it held were not delivered (counted in dropped)"
         )
 
     def _uninstall(self) -> None:
@@ -901,7 +902,7 @@ def start(
     if _importing_main():
         # This process is a spawn/forkserver child re-importing the main module of its
         # parent, whose top level calls start(): say so once, and end this child.
-        sys.stderr.write(f"mplog: {MAIN_GUARD_HINT}\n")
+        say(f"mplog: {MAIN_GUARD_HINT}")
         raise SystemExit(1)
     opts = check_options(options, "mplog.start()")
     level = check_level(level)

@@ -17,6 +17,8 @@ import importlib.util
 import os
 import sys
 
+from ._stderr import say
+
 __all__ = ["COMM", "listener_title", "set_listener_title"]
 
 #: The kernel name of a listener process (TASK_COMM_LEN is 16 bytes with the NUL).
@@ -49,4 +51,4 @@ def set_listener_title(parent_pid: int) -> None:
         if libc.prctl(_PR_SET_NAME, COMM.encode("ascii"), 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     except (OSError, AttributeError) as exc:
-        sys.stderr.write(f"mplog listener: cannot set the process name ({exc})\n")
+        say(f"mplog listener: cannot set the process name ({exc})")

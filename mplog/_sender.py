@@ -29,7 +29,6 @@ import logging
 import random
 import socket
 import ssl
-import sys
 import threading
 import time
 import traceback
@@ -42,6 +41,7 @@ from ._buffer import DropReport, FrameBuffer
 from ._errors import LocalProtocolError, ProtocolError, RefusedError
 from ._framing import REFUSAL_PREFIX
 from ._sendstate import Action, SendState
+from ._stderr import say
 from ._text import iso_local, one_line
 from ._tls import TLSError
 from ._wires import AckedWire, Session
@@ -324,10 +324,10 @@ class Sender:
                 w.close()
         if left:
             why = f" (last error: {self.last_error})" if self.last_error else ""
-            _stderr(f"mplog: {left} records could not be delivered to {self.name} before "
+            say(f"mplog: {left} records could not be delivered to {self.name} before "
                     f"the handler closed and were dropped{why}")
         elif spooled_before:
-            _stderr(f"mplog: {spooled_before} records for {self.name} stay in the spool for "
+            say(f"mplog: {spooled_before} records for {self.name} stay in the spool for "
                     "the next run")
         return left
 
@@ -371,7 +371,7 @@ class Sender:
             else:
                 self._thread = None
             self._cond.notify_all()
-        _stderr(f"mplog: {one_line(reason, 500)}; "
+        say(f"mplog: {one_line(reason, 500)}; "
                 + ("a new sender thread took over" if restart else "closing"))
 
     def _loop(self) -> None:
@@ -419,7 +419,7 @@ class Sender:
             if self.state.last_error is not None and self.state.last_error != self._last_error:
                 self.last_error = self.state.last_error
         for n in notices:
-            _stderr(n.text)
+            say(n.text)
 
     def _failed_locked(self, exc: BaseException | str) -> None:
         reason = exc if isinstance(exc, str) else describe(exc, self.name)
@@ -428,7 +428,7 @@ class Sender:
         self.retry_time = time.time() + delay
         if isinstance(exc, LocalProtocolError):
             # Our own bug: say so loudly, once per occurrence, with where it happened.
-            _stderr(f"mplog: internal protocol error (a bug in mplog, please report): {exc}")
+            say(f"mplog: internal protocol error (a bug in mplog, please report): {exc}")
 
     def _connect(self) -> None:
         try:
@@ -683,13 +683,6 @@ class Sender:
             self._cond.notify_all()
 
 
-def _stderr(line: str) -> None:
-    try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        # No usable stderr: the same facts are in stats() (last_error, counters).
-        return
 
 
 def drop_record(report: DropReport, handler_name: str, policy: str) -> logging.LogRecord:

@@ -34,6 +34,8 @@ import sys
 import threading
 from typing import IO, Any
 
+from ._stderr import say
+
 __all__ = ["reduce_handler", "release", "revive"]
 
 _LOCK_TYPES: tuple[type[Any], ...] = (type(threading.Lock()), type(threading.RLock()))
@@ -175,7 +177,7 @@ def revive(
             syslog.createSocket()
         except OSError as exc:
             # As the stdlib does when the server is not there yet: emit() tries again.
-            sys.stderr.write(f"mplog listener: {cls.__name__} cannot connect yet: {exc}\n")
+            say(f"mplog listener: {cls.__name__} cannot connect yet: {exc}")
     # Handler.__init__ registers every handler for logging.shutdown(); so does this one.
     logging._addHandlerRef(h)  # type: ignore[attr-defined]
     return h

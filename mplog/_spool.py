@@ -49,7 +49,6 @@ import os
 import re
 import stat
 import struct
-import sys
 import uuid
 import zlib
 from collections import deque
@@ -65,6 +64,7 @@ from ._spoolfmt import (
     scan,
     segment_header,
 )
+from ._stderr import say
 from ._text import one_line
 
 __all__ = ["SPOOL_MODES", "Spool", "SpooledBuffer"]
@@ -177,7 +177,7 @@ class Spool:
 
     def _say(self, what: str) -> None:
         """One line on stderr about this spool directory."""
-        _warn(f"mplog: spool_dir {one_line(self.directory, 200)}: {what}")
+        say(f"mplog: spool_dir {one_line(self.directory, 200)}: {what}")
 
     def _open_regular(self, name: str, flags: int, mode: int = 0o600) -> int:
         """*name* opened without following a symlink; a name that is not a regular file
@@ -646,11 +646,6 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _warn(line: str) -> None:
-    # No usable stderr (closed, None): what the line says is counted by the caller
-    # (spool_damaged) or changes nothing delivered.
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        sys.stderr.write(line + "\n")
 
 
 class SpooledBuffer(FrameBuffer):

@@ -15,7 +15,6 @@ import os
 import pickle
 import socket
 import ssl
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from ._record import (
 )
 from ._sender import Sender, drop_record
 from ._spool import SpooledBuffer
+from ._stderr import say
 from ._text import safe_repr
 from ._tls import client_tls
 from ._wires import make_wire
@@ -251,8 +251,8 @@ class QueueListener(logging.handlers.QueueListener):
                             handler.handle(record)
                         except Exception as exc:  # e.g. a raising filter: count, go on
                             self.errors += 1
-                            sys.stderr.write(
-                                f"mplog listener: {handler!r} failed: {type(exc).__name__}: {exc}\n"
+                            say(
+                                f"mplog listener: {handler!r} failed: {type(exc).__name__}: {exc}"
                             )
         self.handled += len(batch)
 

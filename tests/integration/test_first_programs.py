@@ -739,3 +739,48 @@ def test_a_worker_that_drops_privileges(tmp_path: pathlib.Path, mode: str) -> No
         assert len(denied) == 2 and all(
             "permission denied: this process runs as uid 65534, and the pipeline was not "
             "started with worker_user= for it" in x for x in denied), run.stderr
+
+
+GONE_STDERR = """
+import logging, os, select, socket, sys, time
+import mplog
+from tests.helpers import wait_until
+
+if __name__ == "__main__":
+    port_holder = socket.socket()
+    port_holder.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    h = mplog.SocketHandler("127.0.0.1", port_holder.getsockname()[1])
+    h.retryStart, h.retryMax = 0.05, 0.1
+    p = mplog.start([h], level=logging.INFO)
+    for i in range(50):
+        logging.getLogger("app").info("record %d", i)
+    os.write(2, b"ready\\n")
+    poll = select.poll()
+    poll.register(2, select.POLLOUT)
+    wait_until(lambda: any(ev & select.POLLERR for _, ev in poll.poll(0)), 10, "stderr to be gone")
+    p.stop(timeout=0.5)  # 50 records to report as not delivered, on a stderr that is gone
+    with open(sys.argv[1], "w") as f:
+        f.write(f"{p.stats()['dropped']} {os.path.exists(p.address)}")
+"""
+
+
+def test_stop_with_stderr_gone(tmp_path: pathlib.Path) -> None:
+    # `app 2>&1 | head`: the reader of stderr has exited when stop() reports what it could
+    # not deliver. The write raised BrokenPipeError out of stop(), half way through.
+    script = tmp_path / "gone_stderr.py"
+    script.write_text(GONE_STDERR)
+    result = tmp_path / "result"
+    proc = subprocess.Popen([sys.executable, str(script), str(result)], stderr=subprocess.PIPE,
+                            env=env_with_root(), cwd=ROOT)
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:  # the listener's "cannot deliver" line, then ours
+            if line == b"ready\n":
+                break
+        proc.stderr.close()  # the reader goes away
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert result.read_text() == "50 False"  # counted; the socket file removed: stop() finished

@@ -358,6 +358,37 @@ def test_ttin_ttou_and_a_reload_that_changes_the_config(
 # -- 3. the listener dies under gunicorn; Ctrl-C reaches every process ---------------------
 
 
+def listener_pids(g: Gunicorn) -> list[int]:
+    found = []
+    for p in psutil.Process(g.pid).children():
+        with contextlib.suppress(psutil.Error):  # a process that is just ending
+            is_listener = p.name() == "mplog-listener" or "spawn_main" in " ".join(p.cmdline())
+            if is_listener and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+    return found
+
+
+def kill_the_listener_then_finish(g: Gunicorn, receiver: Receiver, first: list[str], more: int) -> None:
+    """SIGKILL the listener (records for *first* delivered), wait for the new one, make
+    *more* requests, stop gunicorn: every request's record arrived once, nothing else was
+    said on the console."""
+    (old,) = listener_pids(g)
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: listener_pids(g) not in ([], [old]), 30, "a new listener")
+    wait_until(lambda: receiver.connections() == 2, 30, "the new listener's connection")
+    second = [f"second-{i}" for i in range(more)]
+    assert {s for s, _ in run_requests(g.sock, second, clients=4).values()} == {200}
+    assert g.terminate() == 0, g.output()
+    g.assert_nothing_left()
+    records = wait_shutdown_record(receiver)
+    assert sorted(r["request_id"] for r in by_name(records, APP_LOGGER)) == sorted(first + second)
+    # The kill is the test's: the supervisor may say what the dead listener held (its
+    # counters can be 20 ms old, so records delivered in that moment are included).
+    out = "".join(line for line in g.output().splitlines(keepends=True)
+                  if not re.match(r"mplog: the listener \(pid \d+\) ended with exit code (-9|None); up to \d+ records", line))
+    assert out == "", out
+
+
 def test_listener_sigkilled_under_gunicorn_is_restarted(
     tmp_path: pathlib.Path, rundir: pathlib.Path, receiver: Receiver, gunicorn
 ) -> None:
@@ -371,30 +402,7 @@ def test_listener_sigkilled_under_gunicorn_is_restarted(
     run_requests(g.sock, first, clients=4)
     receiver.wait_records(len(first), 20, where=lambda r: r["name"] == APP_LOGGER)
 
-    def listeners() -> list[int]:
-        found = []
-        for p in psutil.Process(g.pid).children():
-            with contextlib.suppress(psutil.Error):  # a process that is just ending
-                is_listener = p.name() == "mplog-listener" or "spawn_main" in " ".join(p.cmdline())
-                if is_listener and p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p.pid)
-        return found
-
-    (old,) = listeners()
-    os.kill(old, signal.SIGKILL)
-    wait_until(lambda: listeners() not in ([], [old]), 30, "a new listener")
-    wait_until(lambda: receiver.connections() == 2, 30, "the new listener's connection")
-    second = [f"second-{i}" for i in range(20)]
-    assert {s for s, _ in run_requests(g.sock, second, clients=4).values()} == {200}
-    assert g.terminate() == 0, g.output()
-    g.assert_nothing_left()
-    records = wait_shutdown_record(receiver)
-    assert sorted(r["request_id"] for r in by_name(records, APP_LOGGER)) == sorted(first + second)
-    # The kill is the test's: the supervisor may say what the dead listener held (its
-    # counters can be 20 ms old, so records delivered in that moment are included).
-    out = "".join(line for line in g.output().splitlines(keepends=True)
-                  if not re.match(r"mplog: the listener \(pid \d+\) ended with exit code (-9|None); up to \d+ records", line))
-    assert out == "", out
+    kill_the_listener_then_finish(g, receiver, first, 20)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="gunicorn's user setting needs root")
@@ -419,19 +427,7 @@ def test_workers_run_as_another_user_reconnect_to_a_restarted_listener(
     first = [f"first-{i}" for i in range(10)]
     run_requests(g.sock, first, clients=4)
     receiver.wait_records(len(first), 20, where=lambda r: r["name"] == APP_LOGGER)
-    (old,) = [p for p in psutil.Process(g.pid).children()
-              if "listener" in p.name() + " ".join(p.cmdline())]
-    old.kill()
-    wait_until(lambda: receiver.connections() == 2, 30, "the new listener's connection")
-    second = [f"second-{i}" for i in range(10)]
-    assert {s for s, _ in run_requests(g.sock, second, clients=4).values()} == {200}
-    assert g.terminate() == 0, g.output()
-    g.assert_nothing_left()
-    records = wait_shutdown_record(receiver)
-    assert sorted(r["request_id"] for r in by_name(records, APP_LOGGER)) == sorted(first + second)
-    out = "".join(line for line in g.output().splitlines(keepends=True)
-                  if not re.match(r"mplog: the listener \(pid \d+\) ended with exit code (-9|None); up to \d+ records", line))
-    assert out == "", out
+    kill_the_listener_then_finish(g, receiver, first, 10)
 
 
 def test_ctrl_c_to_the_whole_process_group(

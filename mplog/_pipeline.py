@@ -519,13 +519,18 @@ class Pipeline:
                 kind, value = "error", None
             else:
                 kind, value = "timeout", None
+        except BaseException:
+            # Ctrl-C (KeyboardInterrupt) while the listener gets ready: leave none behind.
+            proc.kill()
+            proc.join()
+            raise
         finally:
             r.close()
         if kind == "ready":
             self._proc = proc
             self._cfg.incarnation += 1
             return
-        proc.join(5)
+        proc.join(0 if kind == "timeout" else 5)  # one that said why exits by itself
         if proc.is_alive():
             proc.kill()
             proc.join()

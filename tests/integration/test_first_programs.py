@@ -784,3 +784,43 @@ def test_stop_with_stderr_gone(tmp_path: pathlib.Path) -> None:
             proc.kill()
             proc.wait()
     assert result.read_text() == "50 False"  # counted; the socket file removed: stop() finished
+
+
+CTRL_C_IN_START = """
+import logging, signal, threading, time
+import psutil
+import mplog
+from tests.helpers import wait_until
+
+def slow_handlers():
+    import time
+    time.sleep(60)  # the listener is not ready for a minute
+    return [logging.NullHandler()]
+
+def listeners():
+    return [c for c in psutil.Process().children() if "listener" in " ".join(c.cmdline())]
+
+if __name__ == "__main__":
+    def interrupt():
+        wait_until(lambda: listeners(), 30, "the listener process")
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    t = time.monotonic()
+    try:
+        mplog.start(slow_handlers)
+    except KeyboardInterrupt:
+        print(f"{time.monotonic() - t < 30} {listeners()}")
+"""
+
+
+def test_ctrl_c_while_start_waits_for_the_listener(tmp_path: pathlib.Path) -> None:
+    # A KeyboardInterrupt inside start() (Ctrl-C while the listener gets ready: in a REPL,
+    # a notebook, a CLI that catches it) left the listener process running, for as long as
+    # the program ran.
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_IN_START)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=env_with_root(), cwd=ROOT, timeout=90, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "True []\n", run.stdout

@@ -93,6 +93,9 @@ HELLO = encode_control({"op": "hello"})
 GREETING = b"mplogI\x01"
 #: How long a new connection waits for the greeting before it writes anyway.
 GREETING_WAIT = 0.25
+#: How long a worker that gave up a connection mid-write waits for the listener's last
+#: count (IntakeClient._abandon); without it, every record not acknowledged goes again.
+ABANDON_WAIT = 1.0
 #: Intake formats: ``b"R"`` the compact record (:func:`mplog._record.encode`), decoded by
 #: the listener; ``b"P"`` the stdlib wire's final frame (:func:`encode_pickle`), relayed.
 MODE_RECORD = b"R"
@@ -486,6 +489,9 @@ class IntakeClient:
         except (OSError, ValueError):
             self._disconnect()
             return None
+        except BaseException:
+            self._abandon(None)  # interrupted inside a write: see _abandon
+            raise
         self._acked = 0
         self._unacked_base = 0
         self._ack_part = b""
@@ -522,6 +528,7 @@ class IntakeClient:
                 return True
             wfd = self._wfd
             self._depth = 1
+            written = False  # this frame written and kept for a resend (see _abandon)
             try:
                 if wfd >= 0 and self._retained_bytes < self._ack_at:
                     # The common case, inlined (_write, without a call per record): a pipe
@@ -548,13 +555,75 @@ class IntakeClient:
                         ok = True
                 else:
                     ok = self._send_locked(frame)
+                written = True
                 if self._pending:
+                    written = False
                     self._send_pending()
+                    written = True
+            except BaseException:
+                # KeyboardInterrupt (Ctrl-C), or an exception a signal handler raised,
+                # possibly inside a write: see _abandon. (OSErrors of the writes are
+                # handled above; this is for what interrupts them.)
+                if not written:
+                    self._abandon(frame)
+                raise
             finally:
                 self._depth = 0
             return ok
         finally:
             lock.release()
+
+    def _abandon(self, frame: bytes | None) -> None:
+        """Something raised out of a write: how much of *frame* reached the listener is
+        unknown (Python raises a KeyboardInterrupt right after the system call returns,
+        the count of bytes written lost), and a frame cut short must not be followed by
+        another on this connection. So end it: close the record pipe (or, without one,
+        our half of the socket); the listener reads to its end, drops a cut frame, sends
+        its last count and ends its half; forget what it counted. The rest, *frame* among
+        it unless it arrived whole, is written again, first, on the next connection: each
+        record once, wherever the interrupt fell. Without that count in ABANDON_WAIT (a
+        stuck listener) every record not acknowledged goes again (some perhaps twice)."""
+        sock, wfd = self._sock, self._wfd
+        if sock is None:
+            return
+        again: BaseException | None = None
+        try:
+            if frame is not None and not any(f is frame for f in self._retained):
+                self._retained.append(frame)
+                self._retained_bytes += len(frame)
+            self._wfd = -1
+            # An error here is a listener gone as well: every record not acknowledged
+            # then goes again.
+            with contextlib.suppress(OSError):
+                if wfd >= 0:
+                    os.close(wfd)
+                else:
+                    sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + ABANDON_WAIT
+            tail = b""
+            ended = False
+            while not ended:
+                try:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not _poll.readable([sock], left):
+                        break
+                    chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+                    ended = not chunk  # the listener's end, after its last count
+                    tail += chunk
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    break
+                except BaseException as exc:  # a second Ctrl-C: raised once this ends
+                    again = exc
+            if ended:
+                self._ack_part += tail
+                with contextlib.suppress(OSError):
+                    self._read_acks(sock)
+        finally:
+            self._disconnect()
+        if again is not None:
+            raise again
 
     def _send_pending(self) -> None:
         # Frames that re-entrant calls queued while this thread was writing (depth 1).
@@ -715,6 +784,16 @@ def bind(address: str, owner: tuple[int, int] | None = None) -> socket.socket:
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+def _still_open(sock: socket.socket) -> bool:
+    """True if the worker has not closed its end of *sock* (nothing to read is open)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+
+
 class _Refused(ProtocolError):
     """A connection's hello handed over something other than one record pipe."""
 
@@ -753,8 +832,8 @@ def _peer_pid(sock: socket.socket) -> int | None:
 
 class _Conn:
     __slots__ = (
-        "ack_fresh", "ack_out", "fresh", "pid", "pipe", "pipe_splitter", "records", "since",
-        "sock", "splitter",
+        "ack_fresh", "ack_out", "ending", "fresh", "pid", "pipe", "pipe_splitter", "records",
+        "since", "sock", "splitter",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -773,6 +852,10 @@ class _Conn:
         #: ack_out ends with a whole acknowledgement nothing of which was sent yet: a later
         #: one (cumulative) replaces it instead of queueing behind it.
         self.ack_fresh = False
+        #: The worker ended its records with the socket still open (it gave up this
+        #: connection mid-write, IntakeClient._abandon): our half of the socket ends once
+        #: the last count is sent.
+        self.ending = False
         self.pid = _peer_pid(sock)
         self.since = time.time()
 
@@ -976,8 +1059,12 @@ class IntakeServer:
                     # never finished is counted as torn, as on the socket, also when no
                     # EOF comes from the pipe (a child of the worker still holds it).
                     self._read_pipe(conn.pipe, drain=True)
-                    if sock in self.conns and not self._take(sock, conn, conn.pipe_splitter, b""):
-                        return
+                    if sock in self.conns and conn.pipe >= 0:
+                        self._take(sock, conn, conn.pipe_splitter, b"")
+                elif sock in self.conns:
+                    # Records on the socket: a worker that only ended its half (it gave
+                    # the connection up mid-write) reads the last count.
+                    self._last_count(sock, conn)
                 self._close_conn(sock)
                 return
             if not drain and len(data) < READ_SIZE:
@@ -995,10 +1082,21 @@ class IntakeServer:
                 return
             except OSError:
                 data = b""
+            if not data and _still_open(sock):
+                # The pipe ended and the socket did not: the worker gave this connection
+                # up mid-write (IntakeClient._abandon) and writes a frame it cut short
+                # again, whole, on its next one. Not torn, and not lost.
+                conn.pipe_splitter = FrameSplitter()
             if not self._take(sock, conn, conn.pipe_splitter, data):
                 return
             if not data:
-                self._close_pipe(conn)  # the worker closed it; its socket's EOF follows
+                # The worker closed it: it exited (its socket's EOF follows), or it gave
+                # this connection up mid-write and waits for the last count.
+                self._close_pipe(conn)
+                self._last_count(sock, conn)
+                conn.ending = True
+                if not conn.ack_out:
+                    self._end(conn)
                 return
             if not drain and len(data) < READ_SIZE:
                 return
@@ -1009,11 +1107,13 @@ class IntakeServer:
         try:
             bodies = splitter.feed_frames(data) if self.relay is not None else splitter.feed(data)
         except ProtocolError as exc:
-            if data:
-                self.bad_frames += 1
-                say(f"mplog listener: closing a connection: {exc}")
-            else:
+            if not data:
+                # The end of a stream inside a frame: the worker died mid-write, or gave
+                # the frame up (IntakeClient._abandon). The caller ends the connection.
                 self.torn_frames += 1
+                return True
+            self.bad_frames += 1
+            say(f"mplog listener: closing a connection: {exc}")
             self._close_conn(sock)
             return False
         if bodies:
@@ -1064,6 +1164,21 @@ class IntakeServer:
             self._acks_waiting[conn.sock] = conn  # retried each turn until taken
         else:
             self._acks_waiting.pop(conn.sock, None)
+            if conn.ending:
+                self._end(conn)
+
+    def _last_count(self, sock: socket.socket, conn: _Conn) -> None:
+        """Acknowledge now everything handled from *conn*, whose records have ended."""
+        self._to_ack.pop(sock, None)
+        if self.before_ack is not None:
+            self.before_ack()  # the counters that include them, published first
+        self._ack(conn)
+
+    @staticmethod
+    def _end(conn: _Conn) -> None:
+        """End our half of the socket: the worker reads the last count, then EOF."""
+        with contextlib.suppress(OSError):  # the worker is gone: its EOF is read next
+            conn.sock.shutdown(socket.SHUT_WR)
 
     def _relay_frames(self, sock: socket.socket, conn: _Conn, frames: list[bytes]) -> bool:
         """Relay mode: forward the stdlib-wire frames of one read as they are; anything

@@ -582,7 +582,8 @@ class IntakeClient:
         its last count and ends its half; forget what it counted. The rest, *frame* among
         it unless it arrived whole, is written again, first, on the next connection: each
         record once, wherever the interrupt fell. Without that count in ABANDON_WAIT (a
-        stuck listener) every record not acknowledged goes again (some perhaps twice)."""
+        stuck listener, or a second interrupt while it is read) every record not
+        acknowledged goes again: some perhaps twice, none lost."""
         sock, wfd = self._sock, self._wfd
         if sock is None:
             return
@@ -785,7 +786,7 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def _still_open(sock: socket.socket) -> bool:
-    """True if the worker has not closed its end of *sock* (nothing to read is open)."""
+    """True unless the worker closed its end of *sock* (a read there would give EOF)."""
     try:
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
     except (BlockingIOError, InterruptedError):
@@ -1093,10 +1094,8 @@ class IntakeServer:
                 # The worker closed it: it exited (its socket's EOF follows), or it gave
                 # this connection up mid-write and waits for the last count.
                 self._close_pipe(conn)
+                conn.ending = True  # our half ends once this count is sent (_send_acks)
                 self._last_count(sock, conn)
-                conn.ending = True
-                if not conn.ack_out:
-                    self._end(conn)
                 return
             if not drain and len(data) < READ_SIZE:
                 return

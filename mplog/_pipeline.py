@@ -284,9 +284,10 @@ def _untrack(proc: Any) -> None:
 def _forget_inherited_listeners() -> None:
     """In a forked child: forget the listener processes its parent started.
 
-    They are in ``multiprocess``'s set of children that the fork copied, and its exit
-    handler would try to join them when the child exits (an AssertionError on stderr in
-    every gunicorn worker, celery prefork child or forked pool worker).
+    A listener is taken out of ``multiprocess``'s set of children right after it starts
+    (:func:`_untrack`); a fork in that moment (a gunicorn worker respawned while the
+    supervisor restarts the listener) copies the set with it in, and ``multiprocess``'s
+    exit handler would try to join it when the child exits (an AssertionError on stderr).
     """
     from multiprocess import process as mp_process
 

@@ -1,4 +1,7 @@
-"""IO: :func:`say`, the one way mplog writes a diagnostic line on stderr.
+"""IO: :func:`say`, how the pipeline (the program's side and the listener) writes a
+diagnostic line on stderr. (Two writers stay apart: ``mplog serve``'s rate-limited
+``_collector._Diagnostics``, and a worker's line for each record it could not deliver,
+written on fd 2 itself, past a ``sys.stderr`` the program may have replaced.)
 
 A diagnostic must never cost what it reports on. stderr can be gone: a pipe whose reader
 exited (``app 2>&1 | head``), a closed terminal, ``None`` (``pythonw``, some daemons). A

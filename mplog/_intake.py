@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import pathlib
+import resource
 import selectors
 import signal
 import socket
@@ -100,6 +102,11 @@ ABANDON_WAIT = 1.0
 #: the listener; ``b"P"`` the stdlib wire's final frame (:func:`encode_pickle`), relayed.
 MODE_RECORD = b"R"
 MODE_PICKLE = b"P"
+#: In place of a mode: the listener is short of file descriptors and turns this worker
+#: connection away; the worker holds its records and tries again after FULL_RETRY.
+MODE_FULL = b"F"
+#: How long a worker turned away (MODE_FULL) holds its records before it tries again.
+FULL_RETRY = 0.25
 #: A worker reads its acknowledgements (without blocking) each time this many bytes of
 #: records are kept unacknowledged: one recv per this many bytes written.
 ACK_READ_BYTES = 256 * 1024
@@ -120,6 +127,14 @@ READ_SIZE = 256 * 1024
 NAP = 0.001
 #: Server loop wake-up period when idle: bounds how late a dead parent is noticed.
 IDLE_TICK = 0.25
+#: File descriptors the listener keeps for other things than worker connections (its
+#: handlers' connections and files, the spool, control requests such as stop()): a worker
+#: connecting when fewer are free is turned away (MODE_FULL) instead.
+FD_RESERVE = 32
+#: How long the listener stops accepting after accept() failed for want of descriptors.
+ACCEPT_PAUSE = 0.1
+#: The least time between two "out of file descriptors" lines on stderr.
+SHORTAGE_REPORT_INTERVAL = 30.0
 #: The loop's timeout while acknowledgements wait for room in a worker's socket.
 ACK_RETRY = 0.02
 #: Seconds the handlers get to deliver what they hold when the parent died.
@@ -206,6 +221,8 @@ class IntakeClient:
         self._holding = False
         #: The last connect was refused for permissions (see _connect).
         self._denied = False
+        #: The last connect was turned away by a listener short of descriptors (MODE_FULL).
+        self._full = False
         self._next_try = 0.0
         self._lost = 0
         self._lost_first = 0.0
@@ -267,6 +284,10 @@ class IntakeClient:
         if not self._greeted:
             if len(data) < len(GREETING) + 1:
                 self._ack_part = data
+                return
+            if data[: len(GREETING) + 1] == GREETING + MODE_FULL:
+                self._full = True  # _connect gives this connection up
+                self._ack_part = b""
                 return
             self._greeted = True
             self.relay = data[: len(GREETING) + 1] == GREETING + MODE_PICKLE
@@ -463,7 +484,7 @@ class IntakeClient:
             # the pipeline was made for root alone).
             self._denied = isinstance(exc, PermissionError)
             return None
-        self._denied = False
+        self._denied = self._full = False
         self._new_connection_state()
         self._holding = False
         self._acked = 0
@@ -476,6 +497,9 @@ class IntakeClient:
             # (a busy listener) records go in the compact format until it is read.
             if _poll.readable([s], GREETING_WAIT):
                 self._read_acks(s)
+            if self._full:
+                self._disconnect()
+                return None
             if self._lost:
                 report = encode_control(
                     {"op": "lost", "count": self._lost, "first": self._lost_first,
@@ -647,6 +671,15 @@ class IntakeClient:
                 if sock is None and self._denied:
                     self._lose(frame, time.monotonic())
                     return False
+                if sock is None and self._full:
+                    # The listener is there and says so: no outage to wait out. Hold the
+                    # record (not the caller) and knock again after FULL_RETRY.
+                    now = time.monotonic()
+                    self._next_try = now + FULL_RETRY
+                    if self._hold(frame):
+                        return True
+                    self._lose(frame, now)
+                    return False
             if sock is not None:
                 try:
                     self._write(frame)
@@ -719,6 +752,9 @@ class IntakeClient:
             from ._options import denied_reason
 
             why = f"cannot connect to the listener at {self.address} ({denied_reason()})"
+        elif self._full:
+            why = (f"the listener at {self.address} turned this process away (it is out of "
+                   "file descriptors)")
         else:
             why = f"listener unreachable at {self.address}"
         line = f"mplog: {why}; record not delivered: {text}\n"
@@ -797,6 +833,61 @@ def _still_open(sock: socket.socket) -> bool:
 
 class _Refused(ProtocolError):
     """A connection's hello handed over something other than one record pipe."""
+
+
+class _Full(Exception):
+    """A worker connection turned away: the listener is short of file descriptors."""
+
+
+def _fd_limit() -> int:
+    """This process's soft limit on open file descriptors (read each time: it may change)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
+
+
+def _open_fds() -> int:
+    """How many file descriptors this process has open (0 if /proc cannot say)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir opened
+    except OSError:
+        return 0
+
+
+class _Shortage:
+    """Worker connections turned away for want of file descriptors, said on stderr when it
+    begins and when it ends (a beginning at most once per SHORTAGE_REPORT_INTERVAL),
+    however often workers knock meanwhile."""
+
+    def __init__(self) -> None:
+        self.turned_away = 0
+        self.active = False
+        self._said = False  # the beginning of this shortage was said
+        self._since = 0  # turned away since the last beginning said
+        self._said_at = -SHORTAGE_REPORT_INTERVAL
+
+    def turn_away(self, in_use: int, limit: int) -> None:
+        self.turned_away += 1
+        self._since += 1
+        if self.active:
+            return
+        self.active = True
+        now = time.monotonic()
+        if now - self._said_at < SHORTAGE_REPORT_INTERVAL:
+            return
+        self._said, self._said_at, self._since = True, now, 1
+        say(f"mplog listener: out of file descriptors ({in_use} of {limit} in use, see "
+            "`ulimit -n`): new worker connections are turned away until others close, and "
+            "their records wait in the workers' memory (up to 16 MiB each). Raise the "
+            "limit (the listener takes the hard one) or run fewer workers.")
+
+    def room_again(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        if self._said:
+            self._said = False
+            say(f"mplog listener: taking worker connections again ({self._since} turned "
+                "away meanwhile)")
 
 
 def _relay_target(listener: QueueListener, handlers: list[logging.Handler]) -> SocketHandler | None:
@@ -919,6 +1010,12 @@ class IntakeServer:
         self._mode = MODE_PICKLE if self.relay is not None else MODE_RECORD
         self.sel.register(lsock, selectors.EVENT_READ, "accept")
         self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        #: What the listener had open before its first connection (handlers' files and
+        #: sockets, this loop's own): the base of _room_for_worker's count.
+        self._base_fds = _open_fds()
+        self.shortage = _Shortage()
+        #: accept() failed for want of descriptors: not listening until then (monotonic).
+        self._accept_again = 0.0
 
     # -- signals ------------------------------------------------------------------------
 
@@ -939,6 +1036,13 @@ class IntakeServer:
     def run(self) -> None:
         while self._stop_reason is None:
             timeout = 0.005 if self._flushes else ACK_RETRY if self._acks_waiting else IDLE_TICK
+            if self._accept_again:
+                left = self._accept_again - time.monotonic()
+                if left <= 0:
+                    self._accept_again = 0.0
+                    self.sel.register(self.lsock, selectors.EVENT_READ, "accept")
+                else:
+                    timeout = min(timeout, left)
             for key, _ in self.sel.select(timeout):
                 tag = key.data
                 if tag == "accept":
@@ -978,13 +1082,30 @@ class IntakeServer:
                 sock, _ = self.lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: keep serving who we have
-                say(f"mplog listener: accept failed: {exc}")
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    say(f"mplog listener: accept failed: {exc}")
+                    return
+                # Out of descriptors (other things than workers took them): the listening
+                # socket stays readable, so stop looking at it for a moment instead of
+                # spinning; who connects waits in the backlog. Keep serving who we have.
+                limit = _fd_limit()
+                self.shortage.turn_away(limit, limit)
+                self.sel.unregister(self.lsock)
+                self._accept_again = time.monotonic() + ACCEPT_PAUSE
                 return
             sock.setblocking(False)
             self.conns[sock] = _Conn(sock)
             self.sel.register(sock, selectors.EVENT_READ, "conn")
             self.accepted += 1
+
+    def _fds_in_use(self) -> int:
+        return self._base_fds + len(self.conns) + len(self.pipes)
+
+    def _room_for_worker(self, taken: int) -> bool:
+        """Whether one more worker connection (its socket already counted, *taken* of its
+        descriptors received besides) leaves FD_RESERVE descriptors free."""
+        return self._fds_in_use() + taken + FD_RESERVE <= _fd_limit()
 
     def _close_conn(self, sock: socket.socket) -> None:
         self._to_ack.pop(sock, None)  # a closed connection reads no acknowledgement
@@ -1013,12 +1134,22 @@ class IntakeServer:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
         conn.fresh = not data
+        if (msg_flags & socket.MSG_CTRUNC and not fds) or (
+                (fds or data.startswith(HELLO)) and not self._room_for_worker(len(fds))):
+            # A worker's hello, and no descriptor to spare for it (the kernel dropped the
+            # record pipe it handed over, or taking it would eat into FD_RESERVE).
+            for fd in fds:
+                os.close(fd)
+            self.shortage.turn_away(self._fds_in_use(), _fd_limit())
+            with contextlib.suppress(OSError):
+                sock.send(GREETING + MODE_FULL, socket.MSG_DONTWAIT)
+            raise _Full()
+        if data.startswith(HELLO):
+            self.shortage.room_again()
         if not fds and not msg_flags & socket.MSG_CTRUNC:
             return data
         problem = None
-        if msg_flags & socket.MSG_CTRUNC and not fds:
-            problem = "handed over a record pipe the listener could not take (out of fds?)"
-        elif len(fds) != 1 or msg_flags & socket.MSG_CTRUNC:
+        if len(fds) != 1 or msg_flags & socket.MSG_CTRUNC:
             problem = "sent more than one file descriptor"
         else:
             try:
@@ -1048,6 +1179,9 @@ class IntakeServer:
                 return
             except _Refused as exc:
                 self._bad(sock, exc)
+                return
+            except _Full:
+                self._close_conn(sock)  # the worker holds its records and comes back
                 return
             except OSError:
                 data = b""
@@ -1371,6 +1505,7 @@ class IntakeServer:
             "worker_lost": self.worker_lost,
             "torn_frames": self.torn_frames,
             "bad_frames": self.bad_frames,
+            "turned_away": self.shortage.turned_away,
             "handler_errors": self.handler_errors + self.listener.errors,
             "connections": len(self.conns),
             "restarts": self.incarnation,
@@ -1433,7 +1568,8 @@ class IntakeServer:
                 "time": time.time()}
 
     def _shutdown(self) -> None:
-        self.sel.unregister(self.lsock)
+        if not self._accept_again:  # else not registered (accept paused, see _accept)
+            self.sel.unregister(self.lsock)
         self.lsock.close()
         pathlib.Path(self.address).unlink(missing_ok=True)
         self.drain_all()

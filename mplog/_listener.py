@@ -62,7 +62,7 @@ class ListenerConfig:
 BOARD_KEYS = (
     "pid", "received", "handled", "sent", "buffered", "buffered_bytes", "dropped",
     "reconnects", "connected", "drop_reports", "spooled", "spool_bytes", "spool_damaged",
-    "worker_lost", "torn_frames", "bad_frames", "handler_errors",
+    "worker_lost", "torn_frames", "bad_frames", "handler_errors", "turned_away",
 )
 
 

@@ -45,6 +45,7 @@ PIPELINE_COUNTERS: dict[str, str] = {
     "torn_frames": "partial frames left by workers that died mid-write",
     "bad_frames": "malformed frames (their connections closed)",
     "handler_errors": "exceptions raised by handlers",
+    "turned_away": "worker connections turned away for want of file descriptors",
     "spool_damaged": "damaged spool regions skipped",
     "restarts": "times the supervisor restarted a dead listener",
 }

@@ -35,7 +35,7 @@ MAIN_KEYS = ("received", "handled", "sent", "buffered", "dropped", "reconnects",
 COUNTER_KEYS = frozenset({
     "received", "handled", "sent", "dropped", "reconnects", "restarts", "drop_reports",
     "worker_lost", "torn_frames", "bad_frames", "handler_errors", "spool_damaged",
-    "listener_cpu",
+    "turned_away", "listener_cpu",
 })
 
 

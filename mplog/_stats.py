@@ -39,6 +39,8 @@ class Stats(TypedDict):
     torn_frames: NotRequired[int]
     bad_frames: NotRequired[int]
     handler_errors: NotRequired[int]
+    #: Worker connections the listener turned away for want of file descriptors.
+    turned_away: NotRequired[int]
     #: Worker connections open now.
     connections: NotRequired[int]
     #: The listener process's pid.

@@ -895,3 +895,137 @@ def test_ctrl_c_while_a_worker_logs_big_records(tmp_path: pathlib.Path, pipe: st
                          timeout=90, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["True"] * 5 + ["0", "0", "True"], (run.stdout, run.stderr[-2000:])
+
+
+OUT_OF_FDS = """
+import logging, os, sys, time
+import multiprocess as mp
+import psutil
+import mplog
+from mplog._intake import FD_RESERVE
+
+N, ROOM, RECORDS = 10, 3, 20
+
+def work(i, release):
+    log = logging.getLogger("app")
+    slowest = 0.0
+    for k in range(RECORDS):
+        t = time.monotonic()
+        log.warning("w%d-%d", i, k)
+        slowest = max(slowest, time.monotonic() - t)
+    release.wait(60)  # keep the connection (if it got one) until every worker has logged
+    log.warning("slowest %d %.3f", i, slowest)
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    p = mplog.start([logging.FileHandler(out)], level="INFO")
+    (listener,) = [c for c in psutil.Process().children() if c.name() == "mplog-listener"]
+    # Room for ROOM workers (a socket and a pipe each) beside the reserve.
+    limit = listener.num_fds() + FD_RESERVE + 2 * ROOM
+    listener.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+    ctx = mp.get_context("fork")
+    release = ctx.Event()
+    procs = [ctx.Process(target=work, args=(i, release)) for i in range(N)]
+    for pr in procs:
+        pr.start()
+    deadline = time.monotonic() + 30
+    while p.stats()["turned_away"] < N - ROOM and time.monotonic() < deadline:
+        time.sleep(0.05)  # a condition polled (the stats request goes through the reserve)
+    st = p.stats()
+    # The parent's own connection and this stats request's are among the connections.
+    print("while short", 2 <= st["connections"] <= ROOM + 2, st["turned_away"] >= N - ROOM,
+          st["connections"], flush=True)
+    release.set()
+    for pr in procs:
+        pr.join(60)
+    print("exit codes", sorted({pr.exitcode for pr in procs}), flush=True)
+    print("flushed", p.flush(20), flush=True)
+    st = p.stats()
+    print("counts", st["received"], st["dropped"], st["bad_frames"], flush=True)
+    p.stop()
+"""
+
+
+def test_a_listener_out_of_file_descriptors_turns_workers_away_without_loss(tmp_path: pathlib.Path) -> None:
+    """More workers than the listener has descriptors for: it used to spin on accept()
+    and write thousands of lines a second ("accept failed", "bad frame"), counting each
+    turned-away worker's pipe as a bad frame. Now each one is turned away with a word;
+    the worker holds its records (its log calls do not wait out the outage budget) and
+    comes back once others have gone; stats() and stop() go through the reserve."""
+    out = tmp_path / "app.log"
+    script = tmp_path / "out_of_fds.py"
+    script.write_text(OUT_OF_FDS)
+    run = _run_script(OUT_OF_FDS, str(out), path=script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("while short True True "), (run.stdout, run.stderr)
+    assert run.stdout.splitlines()[1:] == [
+        "exit codes [0]", "flushed True", "counts 210 0 0",
+    ], (run.stdout, run.stderr)
+    lines = out.read_text().splitlines()
+    assert sorted(x for x in lines if x.startswith("w")) == sorted(
+        f"w{i}-{k}" for i in range(10) for k in range(20))
+    slowest = [float(x.split()[2]) for x in lines if x.startswith("slowest")]
+    assert len(slowest) == 10 and max(slowest) < 1.0, slowest  # not the 2 s outage budget
+    said = run.stderr.splitlines()
+    assert [x.split(" (")[0] for x in said] == ["mplog listener: out of file descriptors",
+                                                "mplog listener: taking worker connections again"], said
+
+
+ACCEPT_EMFILE = """
+import logging, os, sys, time
+import multiprocess as mp
+import psutil
+import mplog
+
+def work(i):
+    for k in range(5):
+        logging.getLogger("app").warning("e%d-%d", i, k)
+
+if __name__ == "__main__":
+    out, err = sys.argv[1], sys.argv[2]
+    os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)  # the listener's too
+    p = mplog.start([logging.FileHandler(out)], level="INFO")
+    (listener,) = [c for c in psutil.Process().children() if c.name() == "mplog-listener"]
+    limits = listener.rlimit(psutil.RLIMIT_NOFILE)
+    listener.rlimit(psutil.RLIMIT_NOFILE, (listener.num_fds(), limits[1]))  # not one more
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=work, args=(i,)) for i in range(3)]
+    for pr in procs:
+        pr.start()
+    deadline = time.monotonic() + 30
+    while "out of file descriptors" not in open(err).read() and time.monotonic() < deadline:
+        time.sleep(0.05)  # a condition polled
+    before, t0 = sum(listener.cpu_times()[:2]), time.monotonic()
+    time.sleep(1.0)  # the window the listener's CPU is measured over, not a synchronization
+    busy = (sum(listener.cpu_times()[:2]) - before) / (time.monotonic() - t0)
+    print("busy", round(busy, 2), busy < 0.2, flush=True)
+    listener.rlimit(psutil.RLIMIT_NOFILE, limits)
+    for pr in procs:
+        pr.join(60)
+    print("exit codes", sorted({pr.exitcode for pr in procs}), flush=True)
+    print("flushed", p.flush(20), flush=True)
+    st = p.stats()
+    print("counts", st["received"], st["dropped"], st["bad_frames"], flush=True)
+    p.stop()
+"""
+
+
+def test_a_listener_whose_accept_runs_out_of_descriptors_waits_instead_of_spinning(
+    tmp_path: pathlib.Path,
+) -> None:
+    """accept() failing with EMFILE leaves the listening socket readable: the listener
+    spun on it at full CPU, a stderr line each turn. It now stops watching it for 0.1 s at
+    a time; the workers that connected meanwhile wait in the backlog, their records in
+    their pipes, and lose nothing once descriptors are back."""
+    out, err = tmp_path / "app.log", tmp_path / "err.log"
+    script = tmp_path / "accept_emfile.py"
+    script.write_text(ACCEPT_EMFILE)
+    run = _run_script(ACCEPT_EMFILE, str(out), str(err), path=script)
+    said = err.read_text().splitlines() if err.exists() else []
+    assert run.returncode == 0, (run.stderr, said[:5])
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("busy ") and lines[0].endswith(" True"), (lines, len(said))
+    assert lines[1:] == ["exit codes [0]", "flushed True", "counts 15 0 0"], (lines, said[:5])
+    assert sorted(out.read_text().splitlines()) == sorted(f"e{i}-{k}" for i in range(3) for k in range(5))
+    assert [x.split(" (")[0] for x in said] == ["mplog listener: out of file descriptors",
+                                                "mplog listener: taking worker connections again"], said[:5]

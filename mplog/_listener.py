@@ -77,37 +77,42 @@ class StatsBoard:
     :meth:`read` returns the most recent one. Each region has two slots, written in turn;
     a write ends by pointing ``current`` at its slot and bumping ``writes``, so a reader
     never sees a half-written slot, even if the writer was killed in the middle of one.
-    Created by the parent (``ctx.RawArray``) and passed to each listener it starts.
+    Created by the parent (``ctx.RawArray``) and passed to each listener it starts. The
+    layout (its keys) travels with it: a listener started after mplog was upgraded on disk
+    (a spawn child imports the new code) writes the parent's layout, not its own.
     """
 
-    _N = len(BOARD_KEYS) + 1  # the counters, then the time they were read (ns)
-    _REGION = 2 + 2 * _N  # current slot, writes, slot 0, slot 1
     WRITERS = 2
 
     def __init__(self, ctx: Any) -> None:
-        self._a = ctx.RawArray("q", self.WRITERS * self._REGION)
+        self._keys = BOARD_KEYS
+        self._n = len(self._keys) + 1  # the counters, then the time they were read (ns)
+        self._region = 2 + 2 * self._n  # current slot, writes, slot 0, slot 1
+        self._a = ctx.RawArray("q", self.WRITERS * self._region)
 
     def publish(self, stats: dict[str, Any], read_at: int, writer: int = 0) -> None:
         """Writer side (the listener): *stats* as read at *read_at* (``monotonic_ns``),
         by *writer* (0: the main thread, 1: the watchdog; one thread per writer)."""
-        a, r = self._a, writer * self._REGION
+        a, r, n = self._a, writer * self._region, self._n
         slot = 1 - a[r]
-        base = r + 2 + slot * self._N
-        for i, key in enumerate(BOARD_KEYS):
+        base = r + 2 + slot * n
+        for i, key in enumerate(self._keys):
             value = stats.get(key, 0)
             a[base + i] = value if isinstance(value, int) else 0
-        a[base + self._N - 1] = read_at
+        a[base + n - 1] = read_at
         a[r] = slot
         a[r + 1] += 1
 
     def _read_region(self, writer: int) -> list[int] | None:
-        a, r = self._a, writer * self._REGION
+        a, r, n = self._a, writer * self._region, self._n
         for _ in range(100):
             writes = a[r + 1]
             if writes == 0:
                 return None
-            base = r + 2 + a[r] * self._N
-            values = a[base : base + self._N]
+            slot = a[r]
+            if slot not in (0, 1):
+                return None  # not a board this code wrote
+            values = a[r + 2 + slot * n : r + 2 + (slot + 1) * n]
             if a[r + 1] == writes:
                 return list(values)
         return None  # a writer that never pauses for 100 tries: cannot happen
@@ -118,12 +123,12 @@ class StatsBoard:
         if not snaps:
             return None
         latest = max(snaps, key=lambda v: v[-1])
-        return dict(zip(BOARD_KEYS, latest[:-1], strict=True))
+        return dict(zip(self._keys, latest[:-1], strict=True))
 
     def clear(self) -> None:
         """Forget the last snapshots (their listener's counters were folded in)."""
         for w in range(self.WRITERS):
-            self._a[w * self._REGION + 1] = 0
+            self._a[w * self._region + 1] = 0
 
 
 def _set_pdeathsig(sig: int) -> None:

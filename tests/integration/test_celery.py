@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -332,6 +333,69 @@ def test_pools(pool: str, args: tuple[str, ...], tmp_path: pathlib.Path, redis: 
     if pool == "prefork-recycled":
         # Each pool process runs 10 tasks, exits (os._exit) and is replaced by a new fork.
         assert len(facts["pids"]) >= 10, facts["pids"]
+
+
+@functools.cache
+def _nobody_cannot_run_python() -> str:
+    """Why a process of user nobody cannot run this interpreter ("" if it can): celery's
+    --uid runs the worker as nobody, and mplog's listener is a new interpreter (spawn).
+    A pyenv under /root (mode 700), as on the machines this suite was written on, is
+    out of nobody's reach."""
+    if os.geteuid() != 0:
+        return "celery's --uid needs root"
+
+    def drop() -> None:
+        os.setgid(65534)
+        os.setuid(65534)
+
+    try:
+        run = subprocess.run([sys.executable, "-c", "import _posixshmem, ssl"], preexec_fn=drop,
+                             capture_output=True, text=True, timeout=30, check=False)
+    except OSError as exc:
+        return f"user nobody cannot run {sys.executable}: {exc}"
+    if run.returncode:
+        return f"user nobody cannot run {sys.executable}: {run.stderr.strip()[-200:]}"
+    return ""
+
+
+@pytest.mark.skipif(bool(_nobody_cannot_run_python()), reason=_nobody_cannot_run_python() or "-")
+def test_a_worker_started_as_root_with_uid_survives_a_listener_kill(tmp_path: pathlib.Path, redis: RedisServer,
+                                                                    receiver: Receiver) -> None:
+    """``celery worker --uid nobody`` started as root: celery drops its privileges before
+    ``worker_init``, so the listener is nobody's like the pool processes, and one SIGKILLed
+    between two batches of tasks is replaced by one the pool processes can reach (no
+    ``worker_user=`` needed, unlike gunicorn's ``user``)."""
+    env = _env(redis.url, receiver.port)
+    nobody = 65534
+    args = ("--pool", "prefork", "--concurrency", "2", "--uid", "nobody", "--gid", "nogroup")
+    with Worker(tmp_path, env, *args, *BASE_ARGS) as worker:
+        _wait_ready(worker, receiver)
+        (old,) = worker.listeners()
+        pool = [p for p in worker.descendants() if p.pid != old.pid]
+        assert old.uids().real == nobody and pool and all(p.uids().real == nobody for p in pool)
+
+        def hello_uids() -> list[str]:
+            return [r["uid"] for r in receiver.records() if r["name"] == TASKS and r["msg"].startswith("hello ")]
+
+        first = _client_result(_run_client(env, 30), 90)["tasks"]
+        wait_until(lambda: len(hello_uids()) >= 30, 30, "the first batch's records")
+        old.kill()
+        wait_until(lambda: worker.listeners() not in ([], [old]), 30, "a new listener")
+        (new,) = worker.listeners()
+        assert new.uids().real == nobody
+        second = _client_result(_run_client(env, 30), 90)["tasks"]
+        assert [row[3] for row in first + second] == ["SUCCESS"] * 60
+        wait_until(lambda: len(hello_uids()) >= 60, 30, "the second batch's records")
+        assert worker.terminate() == 0, worker.stderr()[-3000:]
+        wait_until(lambda: not any(_alive(p) for p in worker.seen.values()), 10,
+                   "the worker's processes to be gone")
+
+    assert sorted(hello_uids()) == sorted(row[2] for row in first + second), "each task's record once"
+    assert receiver.connections() == 2, "one connection per listener"
+    # The kill is the test's: the supervisor may say what the dead listener held.
+    err = "".join(line for line in worker.stderr().splitlines(keepends=True)
+                  if not re.match(r"mplog: the listener \(pid \d+\) ended with exit code (-9|None); up to \d+ records", line))
+    assert "mplog:" not in err and "Traceback" not in err, err[-3000:]
 
 
 # -- misconfiguration --------------------------------------------------------------------

@@ -183,6 +183,20 @@ def _register_exit_drain() -> None:
             return  # the interpreter is already shutting down: atexit still runs it
 
 
+def _file_id(fd: int) -> tuple[int, int] | None:
+    """What *fd* is open on, as (st_dev, st_ino); None if it is not open."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _same_file(fd: int, file_id: tuple[int, int] | None) -> bool:
+    """Whether *fd* is still open on the file *file_id* names."""
+    return file_id is not None and _file_id(fd) == file_id
+
+
 def _after_fork_in_child() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
@@ -213,6 +227,8 @@ class IntakeClient:
         self._sock: socket.socket | None = None
         #: The write end of the connection's record pipe; -1: records go on the socket.
         self._wfd = -1
+        #: What _sock and _wfd are (st_dev, st_ino), to close them only if still so.
+        self._fd_ids: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None)
         self._pid = os.getpid()
         self._retain_init()
         self._outage_deadline: float | None = None
@@ -387,12 +403,20 @@ class IntakeClient:
             self._disconnect()
 
     def _disconnect(self) -> None:
-        """Forget the current connection: close its socket and its record pipe."""
+        """Forget the current connection: close its socket and its record pipe, each only
+        if its descriptor is still the one this connection opened. A daemonizing library
+        (``os.closerange``) may have closed them, and the numbers may now be a file the
+        program opened since: that one must stay open."""
         sock, self._sock = self._sock, None
         wfd, self._wfd = self._wfd, -1
+        sock_id, pipe_id = self._fd_ids
+        self._fd_ids = (None, None)
         if sock is not None:
-            sock.close()
-        if wfd >= 0:
+            if _same_file(sock.fileno(), sock_id):
+                sock.close()
+            else:
+                sock.detach()  # forget the number without closing whatever it is now
+        if wfd >= 0 and _same_file(wfd, pipe_id):
             os.close(wfd)
 
     def _open_pipe(self, s: socket.socket) -> int:
@@ -491,6 +515,7 @@ class IntakeClient:
         self._unacked_base = 0
         self._ack_part = b""
         self._sock, self._wfd = s, wfd  # _write and _disconnect work on them from here
+        self._fd_ids = (_file_id(s.fileno()), _file_id(wfd) if wfd >= 0 else None)
         try:
             # The greeting says which format to write; it comes at once from a listener
             # that is running, so the first records are already in it. Without it
@@ -621,7 +646,8 @@ class IntakeClient:
             # then goes again.
             with contextlib.suppress(OSError):
                 if wfd >= 0:
-                    os.close(wfd)
+                    if _same_file(wfd, self._fd_ids[1]):
+                        os.close(wfd)
                 else:
                     sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + ABANDON_WAIT

@@ -1029,3 +1029,47 @@ def test_a_listener_whose_accept_runs_out_of_descriptors_waits_instead_of_spinni
     assert sorted(out.read_text().splitlines()) == sorted(f"e{i}-{k}" for i in range(3) for k in range(5))
     assert [x.split(" (")[0] for x in said] == ["mplog listener: out of file descriptors",
                                                 "mplog listener: taking worker connections again"], said[:5]
+
+
+CLOSERANGE = """
+import logging, os, sys
+import multiprocess as mp
+import mplog
+
+def work(path):
+    log = logging.getLogger("app")
+    log.warning("before")
+    os.closerange(3, 65536)  # what a daemonizing library does after its fork
+    files = [open(f"{path}.{i}", "wb") for i in range(12)]  # they take the freed numbers
+    log.warning("after")
+    for f in files:
+        f.write(b"mine")  # raised EBADF: mplog had closed the file at its socket's number
+        f.close()
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    p = mplog.start([logging.FileHandler(out)], level="INFO")
+    child = mp.get_context("fork").Process(target=work, args=(out,))
+    child.start()
+    child.join(60)
+    print("exit code", child.exitcode, flush=True)
+    p.stop()
+"""
+
+
+def test_a_worker_whose_descriptors_a_library_closed(tmp_path: pathlib.Path) -> None:
+    """A forked worker that logged, then closed every descriptor (``os.closerange``, as
+    python-daemon does) and opened files, which took the freed numbers. Its next log call
+    met EBADF, and mplog's reconnect closed "its" socket: the program's file now at that
+    number. The record was lost with a "Logging error" traceback, and the program's
+    own write failed. Now mplog closes a descriptor only if it is still the one it opened."""
+    out = tmp_path / "app.log"
+    script = tmp_path / "closerange.py"
+    script.write_text(CLOSERANGE)
+    run = _run_script(CLOSERANGE, str(out), path=script)
+    assert run.returncode == 0 and run.stdout == "exit code 0\n", (run.stdout, run.stderr)
+    assert run.stderr == "", run.stderr
+    assert [(tmp_path / f"app.log.{i}").read_bytes() for i in range(12)] == [b"mine"] * 12
+    lines = out.read_text().splitlines()
+    # "before" may come twice: its acknowledgement was on the socket the library closed.
+    assert lines.count("after") == 1 and 1 <= lines.count("before") <= 2, lines

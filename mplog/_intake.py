@@ -1453,7 +1453,11 @@ class IntakeServer:
             self.drain_all()
             for h in self.handlers:
                 if h not in self.socket_handlers:
-                    h.flush()
+                    try:
+                        h.flush()
+                    except Exception as exc:  # a full disk under a FileHandler: say, go on
+                        self.listener.failures.failed(h, exc, record=False,
+                                                      what="failed to flush")
             timeout = msg.get("timeout", 5.0)
             marks = [h.flush_mark() for h in self.socket_handlers]
             self._flushes.append((sock, time.monotonic() + timeout, marks))
@@ -1518,7 +1522,8 @@ class IntakeServer:
             "sent": 0,
             "buffered": 0,
             "buffered_bytes": 0,
-            "dropped": self.worker_lost + self.torn_frames + self.handler_lost,
+            "dropped": (self.worker_lost + self.torn_frames + self.handler_lost
+                        + self.listener.failures.lost),
             "reconnects": 0,
             "connected": 0,
             "drop_reports": 0,
@@ -1607,8 +1612,7 @@ class IntakeServer:
             try:
                 h.close()
             except Exception as exc:
-                self.handler_errors += 1
-                say(f"mplog listener: closing a handler failed: {exc}")
+                self.listener.failures.failed(h, exc, record=False, what="failed to close")
         for sock, _, _ in self._flushes:
             self._reply(sock, {"ok": False})
         if self._stop_reply is not None:

@@ -314,6 +314,9 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         return
     listener = QueueListener(None, *handlers)
     sockets = [h for h in handlers if isinstance(h, SocketHandler)]
+    for h in handlers:
+        if h not in sockets:  # mplog's SocketHandler counts and says its own losses
+            listener.failures.watch(h)
     server = IntakeServer(
         lsock, cfg.address, listener, handlers, sockets, parent_pid=cfg.parent_pid
     )

@@ -15,8 +15,10 @@ import os
 import pickle
 import socket
 import ssl
+import sys
 import threading
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -174,6 +176,57 @@ class QueueHandler(logging.handlers.QueueHandler):
         logging.Handler.close(self)
 
 
+#: The least time between two lines about the same failing handler (after its first).
+FAILURE_REPORT_INTERVAL = 60.0
+
+
+class HandlerFailures:
+    """The failures of the listener's handlers: an ``emit`` that called ``handleError``
+    (a full disk under a ``FileHandler``, an unreachable mail server), a raising filter
+    or ``emit``, a raising ``flush``. Each is counted (a record's in ``dropped`` too: it
+    did not reach that handler's destination) and said on stderr: with its traceback the
+    first time per handler, then at most once per FAILURE_REPORT_INTERVAL, with how many
+    more. The stdlib's ``handleError`` wrote a traceback per record: 37 lines each, at
+    the listener's rate."""
+
+    def __init__(self) -> None:
+        self.errors = 0
+        #: Records a handler failed on (counted in ``dropped``).
+        self.lost = 0
+        #: id(handler) -> [when said last, failures since].
+        self._said: dict[int, list[float]] = {}
+
+    def watch(self, handler: logging.Handler) -> None:
+        """Route *handler*'s ``handleError`` here (an instance attribute: the class's
+        method is left alone, and so is every handler of the program's own process)."""
+
+        def handle_error(record: logging.LogRecord) -> None:
+            self.failed(handler, sys.exc_info()[1])
+
+        handler.handleError = handle_error  # type: ignore[method-assign]
+
+    def failed(self, handler: logging.Handler, exc: BaseException | None,
+               *, record: bool = True, what: str = "failed on a record") -> None:
+        self.errors += 1
+        if record:
+            self.lost += 1
+        now = time.monotonic()
+        said = self._said.get(id(handler))
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "(no exception)"
+        if said is None:
+            self._said[id(handler)] = [now, 0]
+            tb = "".join(traceback.format_exception(exc)).rstrip() if exc is not None else ""
+            say(f"mplog listener: {handler!r} {what}: {why}"
+                f"{' (counted in dropped)' if record else ''}; its further failures are "
+                f"counted and said at most once a minute\n{tb}")
+            return
+        said[1] += 1
+        if now - said[0] >= FAILURE_REPORT_INTERVAL:
+            say(f"mplog listener: {handler!r} failed {int(said[1])} more times in "
+                f"{now - said[0]:.0f} s; the last: {why}")
+            said[0], said[1] = now, 0
+
+
 class QueueListener(logging.handlers.QueueListener):
     """The listener side: pass records to *handlers*.
 
@@ -186,9 +239,15 @@ class QueueListener(logging.handlers.QueueListener):
         self, queue: Any, *handlers: logging.Handler, respect_handler_level: bool = True
     ) -> None:
         super().__init__(queue, *handlers, respect_handler_level=respect_handler_level)
-        #: Records passed to the handlers, and handler calls that raised.
+        #: Records passed to the handlers.
         self.handled = 0
-        self.errors = 0
+        #: Handler calls that raised (and, in the listener process, handleError calls).
+        self.failures = HandlerFailures()
+
+    @property
+    def errors(self) -> int:
+        """Handler calls that failed (see :class:`HandlerFailures`)."""
+        return self.failures.errors
 
     def start(self) -> None:
         for h in self.handlers:
@@ -250,10 +309,7 @@ class QueueListener(logging.handlers.QueueListener):
                         try:
                             handler.handle(record)
                         except Exception as exc:  # e.g. a raising filter: count, go on
-                            self.errors += 1
-                            say(
-                                f"mplog listener: {handler!r} failed: {type(exc).__name__}: {exc}"
-                            )
+                            self.failures.failed(handler, exc)
         self.handled += len(batch)
 
 

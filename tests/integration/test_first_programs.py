@@ -1073,3 +1073,53 @@ def test_a_worker_whose_descriptors_a_library_closed(tmp_path: pathlib.Path) -> 
     lines = out.read_text().splitlines()
     # "before" may come twice: its acknowledgement was on the socket the library closed.
     assert lines.count("after") == 1 and 1 <= lines.count("before") <= 2, lines
+
+
+FAILING_HANDLERS = """
+import logging, sys
+import multiprocess as mp
+import mplog
+
+class Broken(logging.Handler):
+    def emit(self, record):
+        raise RuntimeError("backend down")
+
+def work(i):
+    for k in range(500):
+        logging.getLogger("app").warning("w%d-%d", i, k)
+
+if __name__ == "__main__":
+    good, shape = sys.argv[1], sys.argv[2]
+    bad = logging.FileHandler("/dev/full") if shape == "disk-full" else Broken()
+    p = mplog.start([logging.FileHandler(good), bad], level="INFO")
+    with mp.get_context("fork").Pool(4) as pool:
+        pool.map(work, range(4))
+    print("flushed", p.flush(20), flush=True)  # the full disk's flush raised: listener died
+    st = p.stats()
+    print("counts", st["received"], st["handled"], st["dropped"], st["handler_errors"] >= 2000,
+          st["restarts"], flush=True)
+    p.stop()
+"""
+
+
+@pytest.mark.parametrize("shape", ["disk-full", "raising-emit"])
+def test_a_failing_handler_is_counted_and_said_once_not_per_record(tmp_path: pathlib.Path, shape: str) -> None:
+    """One handler of two fails on every record: a FileHandler on a full disk (its
+    handleError) or an emit that raises. The stdlib's handleError wrote a 37-line
+    traceback per record (74,026 lines for 2,000 records), the records counted as handled
+    and not dropped, and the full disk's flush() killed the listener. Now: each failure
+    counted (in dropped, too), the first said with its traceback, the rest at most once a
+    minute; the other handler gets every record."""
+    good = tmp_path / "good.log"
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_HANDLERS)
+    run = _run_script(FAILING_HANDLERS, str(good), shape, path=script)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines() == ["flushed True", "counts 2000 2000 2000 True 0"], (
+        run.stdout, run.stderr[-3000:])
+    assert sorted(good.read_text().splitlines()) == sorted(f"w{i}-{k}" for i in range(4) for k in range(500))
+    said = run.stderr.splitlines()
+    assert len(said) < 20, f"{len(said)} lines on stderr: {said[:40]}"
+    assert said[0].startswith("mplog listener: <") and " failed on a record: " in said[0], said
+    assert said[1] == "Traceback (most recent call last):", said
+    assert "Logging error" not in run.stderr

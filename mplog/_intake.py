@@ -239,6 +239,8 @@ class IntakeClient:
         self._denied = False
         #: The last connect was turned away by a listener short of descriptors (MODE_FULL).
         self._full = False
+        #: The last connect could not make a socket: this process is out of descriptors.
+        self._no_fds = False
         self._next_try = 0.0
         self._lost = 0
         self._lost_first = 0.0
@@ -484,7 +486,14 @@ class IntakeClient:
                 continue
 
     def _connect(self) -> socket.socket | None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._denied = self._full = self._no_fds = False
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            # Out of descriptors (EMFILE, ENFILE) or memory, here: not the listener's
+            # outage, so not waited out in the log call (see _send_locked).
+            self._no_fds = True
+            return None
         try:
             # Room for bursts: a worker blocks (and pays for the context switches) only
             # when the listener is this far behind.
@@ -508,7 +517,6 @@ class IntakeClient:
             # the pipeline was made for root alone).
             self._denied = isinstance(exc, PermissionError)
             return None
-        self._denied = self._full = False
         self._new_connection_state()
         self._holding = False
         self._acked = 0
@@ -697,9 +705,10 @@ class IntakeClient:
                 if sock is None and self._denied:
                     self._lose(frame, time.monotonic())
                     return False
-                if sock is None and self._full:
-                    # The listener is there and says so: no outage to wait out. Hold the
-                    # record (not the caller) and knock again after FULL_RETRY.
+                if sock is None and (self._full or self._no_fds):
+                    # No outage to wait out: the listener is there and says so, or this
+                    # process has no descriptor for a socket. Hold the record (not the
+                    # caller) and try again after FULL_RETRY.
                     now = time.monotonic()
                     self._next_try = now + FULL_RETRY
                     if self._hold(frame):
@@ -781,6 +790,9 @@ class IntakeClient:
         elif self._full:
             why = (f"the listener at {self.address} turned this process away (it is out of "
                    "file descriptors)")
+        elif self._no_fds:
+            why = (f"this process is out of file descriptors (no socket for the listener at "
+                   f"{self.address})")
         else:
             why = f"listener unreachable at {self.address}"
         line = f"mplog: {why}; record not delivered: {text}\n"

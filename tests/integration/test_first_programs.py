@@ -1123,3 +1123,47 @@ def test_a_failing_handler_is_counted_and_said_once_not_per_record(tmp_path: pat
     assert said[0].startswith("mplog listener: <") and " failed on a record: " in said[0], said
     assert said[1] == "Traceback (most recent call last):", said
     assert "Logging error" not in run.stderr
+
+
+WORKER_AT_ITS_FD_LIMIT = """
+import logging, os, resource, sys, time
+import multiprocess as mp
+import mplog
+
+def work():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    t = time.monotonic()
+    logging.getLogger("app").warning("at the limit")
+    print("the call took < 1 s", time.monotonic() - t < 1.0, flush=True)
+    for fd in held[:4]:
+        os.close(fd)
+    logging.getLogger("app").warning("after freeing 4")
+
+if __name__ == "__main__":
+    p = mplog.start([logging.FileHandler(sys.argv[1])], level="INFO")
+    child = mp.get_context("fork").Process(target=work)
+    child.start()
+    child.join(60)
+    print("exit code", child.exitcode, flush=True)
+    p.stop()
+"""
+
+
+def test_a_worker_at_its_own_fd_limit_holds_its_record(tmp_path: pathlib.Path) -> None:
+    """A worker with no descriptor left for a socket (its first record, or a reconnect):
+    socket() raised EMFILE out of the log call, a "Logging error" traceback, and the
+    record was lost. Now the record is held, without waiting in the call, and written
+    first once the worker can connect."""
+    out = tmp_path / "app.log"
+    script = tmp_path / "worker_fds.py"
+    script.write_text(WORKER_AT_ITS_FD_LIMIT)
+    run = _run_script(WORKER_AT_ITS_FD_LIMIT, str(out), path=script)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert run.stdout.splitlines() == ["the call took < 1 s True", "exit code 0"], run.stdout
+    assert out.read_text().splitlines() == ["at the limit", "after freeing 4"]

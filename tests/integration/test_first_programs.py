@@ -897,6 +897,17 @@ def test_ctrl_c_while_a_worker_logs_big_records(tmp_path: pathlib.Path, pipe: st
     assert run.stdout.split() == ["True"] * 5 + ["0", "0", "True"], (run.stdout, run.stderr[-2000:])
 
 
+#: How the descriptor scripts end: join the workers, then print what the pipeline counted.
+_JOIN_AND_COUNT = """
+    for pr in procs:
+        pr.join(60)
+    print("exit codes", sorted({pr.exitcode for pr in procs}), flush=True)
+    print("flushed", p.flush(20), flush=True)
+    st = p.stats()
+    print("counts", st["received"], st["dropped"], st["bad_frames"], flush=True)
+    p.stop()
+"""
+
 OUT_OF_FDS = """
 import logging, os, sys, time
 import multiprocess as mp
@@ -936,14 +947,7 @@ if __name__ == "__main__":
     print("while short", 2 <= st["connections"] <= ROOM + 2, st["turned_away"] >= N - ROOM,
           st["connections"], flush=True)
     release.set()
-    for pr in procs:
-        pr.join(60)
-    print("exit codes", sorted({pr.exitcode for pr in procs}), flush=True)
-    print("flushed", p.flush(20), flush=True)
-    st = p.stats()
-    print("counts", st["received"], st["dropped"], st["bad_frames"], flush=True)
-    p.stop()
-"""
+""" + _JOIN_AND_COUNT
 
 
 def test_a_listener_out_of_file_descriptors_turns_workers_away_without_loss(tmp_path: pathlib.Path) -> None:
@@ -1000,14 +1004,7 @@ if __name__ == "__main__":
     busy = (sum(listener.cpu_times()[:2]) - before) / (time.monotonic() - t0)
     print("busy", round(busy, 2), busy < 0.2, flush=True)
     listener.rlimit(psutil.RLIMIT_NOFILE, limits)
-    for pr in procs:
-        pr.join(60)
-    print("exit codes", sorted({pr.exitcode for pr in procs}), flush=True)
-    print("flushed", p.flush(20), flush=True)
-    st = p.stats()
-    print("counts", st["received"], st["dropped"], st["bad_frames"], flush=True)
-    p.stop()
-"""
+""" + _JOIN_AND_COUNT
 
 
 def test_a_listener_whose_accept_runs_out_of_descriptors_waits_instead_of_spinning(

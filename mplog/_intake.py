@@ -903,16 +903,19 @@ class _Shortage:
         self._since = 0  # turned away since the last beginning said
         self._said_at = -SHORTAGE_REPORT_INTERVAL
 
-    def turn_away(self, in_use: int, limit: int) -> None:
-        self.turned_away += 1
-        self._since += 1
+    def turn_away(self, in_use: int, limit: int, *, count: bool = True) -> None:
+        """A worker connection turned away (*count*), or accept() itself failed (not
+        *count*: who connects waits in the backlog)."""
+        if count:
+            self.turned_away += 1
+            self._since += 1
         if self.active:
             return
         self.active = True
         now = time.monotonic()
         if now - self._said_at < SHORTAGE_REPORT_INTERVAL:
             return
-        self._said, self._said_at, self._since = True, now, 1
+        self._said, self._said_at, self._since = True, now, int(count)
         say(f"mplog listener: out of file descriptors ({in_use} of {limit} in use, see "
             "`ulimit -n`): new worker connections are turned away until others close, and "
             "their records wait in the workers' memory (up to 16 MiB each). Raise the "
@@ -924,8 +927,8 @@ class _Shortage:
         self.active = False
         if self._said:
             self._said = False
-            say(f"mplog listener: taking worker connections again ({self._since} turned "
-                "away meanwhile)")
+            say("mplog listener: taking worker connections again"
+                + (f" ({self._since} turned away meanwhile)" if self._since else ""))
 
 
 def _relay_target(listener: QueueListener, handlers: list[logging.Handler]) -> SocketHandler | None:
@@ -1128,7 +1131,7 @@ class IntakeServer:
                 # socket stays readable, so stop looking at it for a moment instead of
                 # spinning; who connects waits in the backlog. Keep serving who we have.
                 limit = _fd_limit()
-                self.shortage.turn_away(limit, limit)
+                self.shortage.turn_away(limit, limit, count=False)
                 self.sel.unregister(self.lsock)
                 self._accept_again = time.monotonic() + ACCEPT_PAUSE
                 return

@@ -432,7 +432,8 @@ class SocketHandler(logging.handlers.SocketHandler):
             buffer = FrameBuffer(buffer_records, buffer_bytes, overflow)
         Backoff(self.retryStart, self.retryFactor, self.retryMax, jitter)  # validate
         self._sender = Sender(
-            f"{host}:{port}" if port is not None else host,
+            (f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}")
+            if port is not None else host,
             buffer,
             self._connect,
             self._backoff,

@@ -159,6 +159,31 @@ def test_a_refusing_receiver_is_retried_on_the_backoff_schedule(tmp_path: pathli
     assert "50 records could not be delivered" in err
 
 
+
+def test_an_ipv6_receiver_is_named_with_brackets(capfd: pytest.CaptureFixture[str]) -> None:
+    """"cannot deliver to ::1:9" read as a port of "::1:9"; a literal IPv6 address is named
+    the way URLs and every server's logs name it."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))  # a free port, nobody listening on it once closed
+            port = probe.getsockname()[1]
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    h = mplog.SocketHandler("::1", port, jitter=0.0)
+    log = logging.getLogger("edges.ipv6")
+    log.addHandler(h)
+    log.propagate = False
+    try:
+        log.warning("to nowhere")
+        wait_until(lambda: h.last_error()[0] is not None, 10, "the refusal")
+        assert h.last_error()[0] == f"connection to [::1]:{port} refused"
+    finally:
+        log.removeHandler(h)
+        h.close_timeout = 0.2
+        h.close()
+    err = capfd.readouterr().err
+    assert f"mplog: cannot deliver to [::1]:{port}: " in err, err
+
 class _CrashOnce(mplog.SocketHandler):
     """makeSocket raises an error the sender does not expect, once (a bug stand-in)."""
 

@@ -468,6 +468,9 @@ class Pipeline:
         self._stopped = False
         self._final_stats: dict[str, Any] | None = None
         self.restarts = 0
+        #: Why the supervisor's last attempt to restart the listener failed (None: it did
+        #: not, or the listener is back): stats() then answers at once, from _base.
+        self._restart_failing: str | None = None
         #: Counters of the listeners that died (summed), and how many were folded in.
         self._stats_lock = threading.Lock()
         self._base: dict[str, Any] = {}
@@ -583,12 +586,14 @@ class Pipeline:
                     self._spawn()
                 except ConfigError as exc:
                     failures += 1
+                    self._restart_failing = str(exc)
                     delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                     say(
                         f"mplog: restarting the listener failed ({exc}); next try in {delay} s"
                     )
                 else:
                     failures = 0
+                    self._restart_failing = None
                     self.restarts += 1
                     continue
             if wait([self._wake_r], timeout=delay):
@@ -654,7 +659,9 @@ class Pipeline:
         They are the pipeline's, for its whole life: the counters of every listener the
         supervisor restarted are in them, and after :meth:`stop` they are the final ones.
         A listener that is alive but does not answer (a handler is stuck) is described by
-        the counters it last published, with ``stale=True``.
+        the counters it last published, with ``stale=True``; while the supervisor cannot
+        start a new one (its handlers fail to build), by those of the listeners that
+        died, at once, with ``stale=True`` and ``listener_down`` saying why.
         """
         if self._final_stats is not None:
             return cast(Stats, dict(self._final_stats, restarts=self.restarts))
@@ -664,6 +671,9 @@ class Pipeline:
                 live = self._ask_stats(timeout=STATS_TIMEOUT)
                 break
             except MplogError:
+                down = self._restart_failing
+                if down is not None:
+                    return cast(Stats, dict(self._merged(None), stale=True, listener_down=down))
                 proc = self._proc
                 if proc is not None and proc.is_alive():
                     # Alive but not answering (a handler is stuck): what it published.

@@ -55,3 +55,8 @@ class Stats(TypedDict):
     last_error: NotRequired[str | None]
     #: When it happened (``time.time()``), or None.
     last_error_at: NotRequired[float | None]
+    #: True: the listener did not answer, and these are the counters last published (a
+    #: stuck handler) or those of the listeners that died (see ``listener_down``).
+    stale: NotRequired[bool]
+    #: Why the supervisor cannot start a new listener (present only while it cannot).
+    listener_down: NotRequired[str]

@@ -1164,3 +1164,65 @@ def test_a_worker_at_its_own_fd_limit_holds_its_record(tmp_path: pathlib.Path) -
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert run.stdout.splitlines() == ["the call took < 1 s True", "exit code 0"], run.stdout
     assert out.read_text().splitlines() == ["at the limit", "after freeing 4"]
+
+
+HANDLERS_THAT_STOP_BUILDING = """
+import logging, os, sys, time
+import psutil
+import mplog
+
+FLAG = sys.argv[2]
+
+def handlers():
+    if os.path.exists(FLAG):
+        raise RuntimeError("the config file is gone")
+    return [logging.FileHandler(sys.argv[1])]
+
+if __name__ == "__main__":
+    p = mplog.start(handlers, level="INFO")
+    log = logging.getLogger("app")
+    log.warning("first")
+    print("flushed", p.flush(10), flush=True)
+    open(FLAG, "w").close()
+    (listener,) = [c for c in psutil.Process().children() if c.name() == "mplog-listener"]
+    listener.kill()
+    for i in range(5):
+        log.warning("held %d", i)
+    deadline = time.monotonic() + 30
+    while True:  # a condition polled: the supervisor's first restart fails within ~1 s
+        t = time.monotonic()
+        st = p.stats()
+        took = time.monotonic() - t
+        if "listener_down" in st or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    print("while down", took < 1.0, st.get("stale"), st.get("listener_down"), st["received"],
+          flush=True)
+    os.remove(FLAG)
+    deadline = time.monotonic() + 60
+    while "listener_down" in p.stats() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the next restart (backoff: 1, 2, 4 s) builds them again
+    print("flushed", p.flush(20), flush=True)
+    st = p.stats()
+    print("after", st["restarts"], st["dropped"], "stale" in st, flush=True)
+    p.stop()
+"""
+
+
+def test_stats_while_the_listener_cannot_be_restarted(tmp_path: pathlib.Path) -> None:
+    """The listener was killed and its handlers no longer build (a factory raising): the
+    supervisor retries with a backoff, and stats() blocked 10 s, then raised MplogError.
+    Now it answers at once, saying why, and the held records arrive once it is back."""
+    out, flag = tmp_path / "app.log", tmp_path / "gone.flag"
+    script = tmp_path / "stop_building.py"
+    script.write_text(HANDLERS_THAT_STOP_BUILDING)
+    run = _run_script(HANDLERS_THAT_STOP_BUILDING, str(out), str(flag), path=script)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "flushed True", lines
+    assert lines[1] == ("while down True True building the handlers failed: RuntimeError: "
+                        "the config file is gone 1"), lines
+    assert lines[2:] == ["flushed True", "after 1 0 False"], lines
+    assert out.read_text().splitlines() == ["first"] + [f"held {i}" for i in range(5)]
+    said = [x for x in run.stderr.splitlines() if "restarting the listener failed" in x]
+    assert said, run.stderr

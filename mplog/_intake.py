@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from . import _poll, _sigpipe
 from ._errors import MplogError, ProtocolError, RemoteProtocolError
 from ._framing import FrameSplitter
+from ._options import MISSING_FILE_GRACE
 from ._record import (
     check_control,
     decode_control,
@@ -735,13 +736,20 @@ class IntakeClient:
             now = time.monotonic()
             if self._outage_deadline is None:
                 self._outage_deadline = now + self.outage_budget
-            if now >= self._outage_deadline:
+            exists = os.path.exists(self.address)
+            give_up_at = self._outage_deadline
+            if not exists:
+                # No socket file: not a restart (a new listener replaces the old file at
+                # once), so the pipeline is gone; MISSING_FILE_GRACE covers the moment
+                # between a restart's unlink and bind.
+                give_up_at += MISSING_FILE_GRACE - self.outage_budget
+            if now >= give_up_at:
                 self._next_try = now + RETRY_INTERVAL
-                if os.path.exists(self.address) and self._hold(frame):
+                if exists and self._hold(frame):
                     return True
                 self._lose(frame, now)
                 return False
-            time.sleep(min(RETRY_INTERVAL, self._outage_deadline - now))
+            time.sleep(min(RETRY_INTERVAL, give_up_at - now))
 
     def _hold(self, frame: bytes) -> bool:
         """Keep *frame* in memory, to be written first on the next connection: the listener
@@ -793,8 +801,13 @@ class IntakeClient:
         elif self._no_fds:
             why = (f"this process is out of file descriptors (no socket for the listener at "
                    f"{self.address})")
-        else:
+        elif os.path.exists(self.address):
             why = f"listener unreachable at {self.address}"
+        else:
+            # No socket file: not a restart. The pipeline was stopped, or the process that
+            # started it exited (a daemon that double-forked after start(), say).
+            why = (f"the pipeline at {self.address} is gone (stopped, or the process that "
+                   "started it exited; a daemon calls start() after it detaches)")
         line = f"mplog: {why}; record not delivered: {text}\n"
         try:
             os.write(2, line.encode("utf-8", "backslashreplace"))

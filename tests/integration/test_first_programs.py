@@ -1226,3 +1226,52 @@ def test_stats_while_the_listener_cannot_be_restarted(tmp_path: pathlib.Path) ->
     assert out.read_text().splitlines() == ["first"] + [f"held {i}" for i in range(5)]
     said = [x for x in run.stderr.splitlines() if "restarting the listener failed" in x]
     assert said, run.stderr
+
+
+DAEMONIZE_AFTER_START = """
+import logging, os, sys
+import mplog
+
+if __name__ == "__main__":
+    out, err, pidfile = sys.argv[1:4]
+    p = mplog.start([logging.FileHandler(out)], level="INFO")
+    logging.getLogger("app").warning("before detaching")
+    p.flush()
+    if os.fork():
+        os._exit(0)  # the classic double fork: the process that started the pipeline goes
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(pidfile + ".tmp", pidfile)
+    for i in range(3):
+        logging.getLogger("app").warning("daemon %d", i)
+"""
+
+
+def test_a_daemon_that_detached_after_start_is_told_the_pipeline_is_gone(tmp_path: pathlib.Path) -> None:
+    """start() and then a double fork (a daemon detaching, python-daemon's DaemonContext):
+    the pipeline ends with the process that started it, so the daemon's records go to its
+    stderr. Each line said "listener unreachable", as during a restart; it now says the
+    pipeline is gone and that a daemon calls start() after it detaches."""
+    out, err, pidfile = tmp_path / "app.log", tmp_path / "daemon.err", tmp_path / "daemon.pid"
+    script = tmp_path / "daemonize.py"
+    script.write_text(DAEMONIZE_AFTER_START)
+    run = _run_script(DAEMONIZE_AFTER_START, str(out), str(err), str(pidfile), path=script)
+    assert run.returncode == 0, run.stderr
+    wait_until(pidfile.exists, 20, "the daemon's pid file")
+    daemon = int(pidfile.read_text())
+    try:
+        wait_until(lambda: not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE,
+                   30, "the daemon to finish")
+    finally:
+        if psutil.pid_exists(daemon):
+            psutil.Process(daemon).kill()
+    assert out.read_text().splitlines() == ["before detaching"]
+    said = err.read_text().splitlines()
+    assert len(said) == 3 and all(
+        " is gone (stopped, or the process that started it exited; a daemon calls start() "
+        f"after it detaches); record not delivered: WARNING app: daemon {i}" in line
+        for i, line in enumerate(said)), said

@@ -629,7 +629,9 @@ def test_worker_whose_listener_is_gone_for_good(receiver: Receiver, start_pipeli
     assert child.returncode == 0, err
     took = json.loads(out)
     assert len(took) == 5
-    assert took[0] < 3.0, took  # the outage budget (~2 s), once
+    # No socket file: the pipeline is gone, not restarting, so not the 2 s outage budget
+    # (a restart's unlink-then-bind gets MISSING_FILE_GRACE, 0.1 s).
+    assert took[0] < 1.0, took
     assert max(took[1:]) < 0.5, took  # then at once
     assert elapsed < 10
     lines = [ln for ln in err.splitlines() if ln.startswith("mplog:")]

@@ -207,22 +207,27 @@ class HandlerFailures:
 
     def failed(self, handler: logging.Handler, exc: BaseException | None,
                *, record: bool = True, what: str = "failed on a record") -> None:
+        """Count a failure of *handler* (a record it lost, if *record*) and report it."""
         self.errors += 1
         if record:
             self.lost += 1
+        self.report(handler, exc, what + (" (counted in dropped)" if record else ""))
+
+    def report(self, who: object, exc: BaseException | None, what: str) -> None:
+        """Say that *who* (a handler, or the listener for a whole batch) *what*: with the
+        traceback the first time, then at most once per FAILURE_REPORT_INTERVAL."""
         now = time.monotonic()
-        said = self._said.get(id(handler))
+        said = self._said.get(id(who))
         why = f"{type(exc).__name__}: {exc}" if exc is not None else "(no exception)"
         if said is None:
-            self._said[id(handler)] = [now, 0]
+            self._said[id(who)] = [now, 0]
             tb = "".join(traceback.format_exception(exc)).rstrip() if exc is not None else ""
-            say(f"mplog listener: {handler!r} {what}: {why}"
-                f"{' (counted in dropped)' if record else ''}; its further failures are "
-                f"counted and said at most once a minute\n{tb}")
+            say(f"mplog listener: {who!r} {what}: {why}; its further failures are counted "
+                f"and said at most once a minute\n{tb}")
             return
         said[1] += 1
         if now - said[0] >= FAILURE_REPORT_INTERVAL:
-            say(f"mplog listener: {handler!r} failed {int(said[1])} more times in "
+            say(f"mplog listener: {who!r} failed {int(said[1])} more times in "
                 f"{now - said[0]:.0f} s; the last: {why}")
             said[0], said[1] = now, 0
 
@@ -243,6 +248,9 @@ class QueueListener(logging.handlers.QueueListener):
         self.handled = 0
         #: Handler calls that raised (and, in the listener process, handleError calls).
         self.failures = HandlerFailures()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {', '.join(map(repr, self.handlers)) or 'no handlers'}>"
 
     @property
     def errors(self) -> int:

@@ -1401,9 +1401,9 @@ class IntakeServer:
             # Acknowledged to the worker all the same (it cannot be handled again): counted
             # as dropped, the whole batch (an upper bound: some may have been buffered).
             self.handler_lost += len(batch)
-            self.listener.failures.report(
-                self.listener, exc,
-                f"failed on a batch of {len(batch)} records (counted in dropped)")
+            self.listener.failures.report(self.listener, exc,
+                                          f"failed on a batch of {len(batch)} records",
+                                          " (counted in dropped)")
 
     def _process(self, sock: socket.socket, bodies: list[bytes]) -> bool:
         """Handle the frames of one read; False if the connection was closed."""

@@ -211,19 +211,20 @@ class HandlerFailures:
         self.errors += 1
         if record:
             self.lost += 1
-        self.report(handler, exc, what + (" (counted in dropped)" if record else ""))
+        self.report(handler, exc, what, " (counted in dropped)" if record else "")
 
-    def report(self, who: object, exc: BaseException | None, what: str) -> None:
-        """Say that *who* (a handler, or the listener for a whole batch) *what*: with the
-        traceback the first time, then at most once per FAILURE_REPORT_INTERVAL."""
+    def report(self, who: object, exc: BaseException | None, what: str, note: str = "") -> None:
+        """Say that *who* (a handler, or the listener for a whole batch) *what*, because
+        of *exc*, and *note*: with the traceback the first time, then at most once per
+        FAILURE_REPORT_INTERVAL."""
         now = time.monotonic()
         said = self._said.get(id(who))
         why = f"{type(exc).__name__}: {exc}" if exc is not None else "(no exception)"
         if said is None:
             self._said[id(who)] = [now, 0]
             tb = "".join(traceback.format_exception(exc)).rstrip() if exc is not None else ""
-            say(f"mplog listener: {who!r} {what}: {why}; its further failures are counted "
-                f"and said at most once a minute\n{tb}")
+            say(f"mplog listener: {who!r} {what}: {why}{note}; its further failures are "
+                f"counted and said at most once a minute\n{tb}")
             return
         said[1] += 1
         if now - said[0] >= FAILURE_REPORT_INTERVAL:

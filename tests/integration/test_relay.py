@@ -276,6 +276,9 @@ def test_a_listener_slower_to_come_back_than_the_budget_costs_no_record(tmp_path
 
     t = threading.Thread(target=serve)
     t.start()
+    # A holding worker tries to connect at most every RETRY_INTERVAL (20 ms); a record
+    # sooner than that after its last try is held too, and nothing else would be sent.
+    wait_until(lambda: time.monotonic() >= client._next_try, 5, "the worker's next try")
     assert client.send(rec(201))  # connects, writes the held records first, then this one
     t.join(20)
     second.close()

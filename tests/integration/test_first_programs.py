@@ -1195,7 +1195,7 @@ if __name__ == "__main__":
         took = time.monotonic() - t
         if "listener_down" in st or time.monotonic() > deadline:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling the condition above, which has its deadline
     print("while down", took < 1.0, st.get("stale"), st.get("listener_down"), st["received"],
           flush=True)
     os.remove(FLAG)

@@ -98,9 +98,10 @@ def test_quick_run_reports_every_setup_keeps_hand_written_text_and_leaves_nothin
 
     rows = _table_rows(md, "### Side by side")
     assert [(r[0], r[1]) for r in rows] == [(s, "4") for s in SETUPS]
-    for setup, _n, rate, worker, total, listener, rss, conns in rows:
+    for setup, _n, rate, worker, system, total, listener, rss, conns in rows:
         assert re.fullmatch(NUM, worker) and re.fullmatch(NUM, total), (setup, rows)
         assert float(worker) > 0 and float(total) >= float(worker)
+        assert re.fullmatch(NUM, system) and float(system) <= float(worker), (setup, rows)
         if setup == "fmt-only":
             assert (rate, listener, rss, conns) == ("-", "-", "-", "0")
         else:
@@ -117,12 +118,14 @@ def test_quick_run_reports_every_setup_keeps_hand_written_text_and_leaves_nothin
         "throughput, mplog / cookbook",
         "total CPU per record, mplog / per-process",
         "worker CPU per call, mplog / fmt-only floor",
+        "worker CPU per call outside the kernel, mplog / fmt-only floor",
         "mplog listener peak RSS",
     ]
     for n, _what, goal, measured, verdict in ratios:
         assert n == "4" and goal
         assert re.fullmatch(NUM + "(\N{MULTIPLICATION SIGN}| MiB)", measured), ratios
-        assert verdict in ("met", "**missed**")
+        # A context row is no goal: it has no verdict.
+        assert verdict == "" if goal == "(context)" else verdict in ("met", "**missed**")
 
     coll = _table_rows(md, "### The collector")
     wires = [r[1] for r in coll]
@@ -272,6 +275,9 @@ def test_rounds_interleave_the_setups_and_report_medians_and_ranges(tmp_path: pa
         mid = (two[0]["worker_us"] + two[1]["worker_us"]) / 2
         assert abs(r["worker_us"] - mid) < 1e-9
         assert rows[r["setup"]][3] == f"{mid:.2f}"
+        # The worker's system time is a part of its CPU time, for every setup.
+        assert 0 <= r["worker_sys_us"] <= r["worker_us"], r
+        assert rows[r["setup"]][4] == f"{r['worker_sys_us']:.2f}"
     ratios = _table_rows(md, "### Ratios against the goals")
     for _n, what, _goal, measured, _verdict in ratios:
         if "RSS" in what:

@@ -108,6 +108,10 @@ MODE_PICKLE = b"P"
 MODE_FULL = b"F"
 #: How long a worker turned away (MODE_FULL) holds its records before it tries again.
 FULL_RETRY = 0.25
+#: While a worker holds records, a thread of its own tries to connect after RETRY_INTERVAL,
+#: then at twice the interval each time, up to this: held records reach the listener once
+#: it is back, not at the worker's next log call (an idle worker's could wait for hours).
+HELD_RETRY_MAX = 1.0
 #: A worker reads its acknowledgements (without blocking) each time this many bytes of
 #: records are kept unacknowledged: one recv per this many bytes written.
 ACK_READ_BYTES = 256 * 1024
@@ -236,6 +240,12 @@ class IntakeClient:
         #: Records are being held in memory (see _hold); the next connection attempt is
         #: not before _next_try.
         self._holding = False
+        #: The thread that tries again while records are held (see _start_retrier).
+        self._retrier: threading.Thread | None = None
+        #: Bumped by close() and a fork: a retrier of an earlier one ends.
+        self._generation = 0
+        #: When a retrier first found no socket file (see _retry_held), else None.
+        self._gone_since: float | None = None
         #: The last connect was refused for permissions (see _connect).
         self._denied = False
         #: The last connect was turned away by a listener short of descriptors (MODE_FULL).
@@ -366,6 +376,8 @@ class IntakeClient:
         self._retain_init()  # the parent's records are the parent's to resend
         self._outage_deadline = None
         self._holding = False
+        self._retrier = None  # the parent's thread does not exist here
+        self._generation += 1
         self._lost = 0
 
     def drain(self, timeout: float) -> bool:
@@ -403,6 +415,7 @@ class IntakeClient:
 
     def close(self) -> None:
         with self._lock:
+            self._generation += 1  # a retrier ends: held records wait for the next call
             self._disconnect()
 
     def _disconnect(self) -> None:
@@ -762,7 +775,67 @@ class IntakeClient:
         self._holding = True
         self._retained.append(frame)
         self._retained_bytes += len(frame)
+        retrier = self._retrier
+        if retrier is None or not retrier.is_alive():
+            self._start_retrier()
         return True
+
+    def _start_retrier(self) -> None:
+        """A thread that tries to connect while records are held, so that they reach the
+        listener when it is back: a process that logs nothing more (an idle worker, one
+        waiting on a task) would keep them until its next log call, or lose them with it
+        if it is then killed. It ends once they are written, or given up."""
+        t = threading.Thread(target=self._retry_loop, args=(self._pid, self._generation),
+                             name="mplog-held-records", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:
+            return  # interpreter shutdown (no new threads): the exit drain has them
+        self._retrier = t
+
+    def _retry_loop(self, pid: int, generation: int) -> None:
+        delay = RETRY_INTERVAL
+        while True:
+            time.sleep(max(delay, self._next_try - time.monotonic()))
+            delay = min(delay * 2, HELD_RETRY_MAX)
+            if not self._retry_held(pid, generation):
+                return
+
+    def _retry_held(self, pid: int, generation: int) -> bool:
+        """One try of the retrier: connect, which writes the held records first. False
+        when there is nothing more to try: written, given up, or no longer this thread's
+        (a fork, close(), a log call that connected meanwhile)."""
+        with self._lock:
+            if (self._pid != pid or self._generation != generation or not self._holding
+                    or self._sock is not None or not self._retained):
+                return False
+            now = time.monotonic()
+            if now < self._next_try:
+                return True
+            sock = self._sock = self._connect()
+            if sock is not None:
+                return False
+            now = time.monotonic()
+            if not self._denied and os.path.exists(self.address):
+                self._gone_since = None
+                self._next_try = now + (FULL_RETRY if self._full or self._no_fds
+                                        else RETRY_INTERVAL)
+                return True
+            if not self._denied and (self._gone_since is None
+                                     or now - self._gone_since < MISSING_FILE_GRACE):
+                # No socket file: a restart's moment between unlink and bind, or the
+                # pipeline gone; told apart after MISSING_FILE_GRACE.
+                self._gone_since = self._gone_since or now
+                return True
+            # The pipeline is gone (or refuses this process): nothing will take them. To
+            # stderr, counted, as a log call would and as the exit would.
+            self._holding = False
+            self._gone_since = None
+            retained, self._retained = self._retained, deque()
+            self._retained_bytes = 0
+            for frame in retained:
+                self._lose(frame, now)
+            return False
 
     def give_up(self) -> None:
         """At exit, after a drain that failed: every record still held or unacknowledged

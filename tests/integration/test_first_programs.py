@@ -1228,6 +1228,94 @@ def test_stats_while_the_listener_cannot_be_restarted(tmp_path: pathlib.Path) ->
     assert said, run.stderr
 
 
+HELD_BY_AN_IDLE_WORKER = """
+import logging, os, sys, time
+import psutil
+import mplog
+
+OUT, FLAG, ERR = sys.argv[1:4]
+
+def handlers():
+    if os.path.exists(FLAG):
+        raise RuntimeError("the config file is gone")
+    return [logging.FileHandler(OUT)]
+
+def kill_the_listener():
+    open(FLAG, "w").close()  # its restarts fail until the flag is gone
+    (listener,) = [c for c in psutil.Process().children() if c.name() == "mplog-listener"]
+    listener.kill()
+
+def idle_worker(text):
+    # A forked worker logs once while the listener is down (the call waits out the 2 s
+    # budget, then the record is held in its memory) and then logs nothing more.
+    logged_r, logged_w = os.pipe()
+    idle_r, idle_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(ERR, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
+        logging.getLogger("app").warning(text)
+        os.write(logged_w, b"x")
+        os.read(idle_r, 1)  # idle: no log call, no exit, until killed
+        os._exit(0)
+    os.read(logged_r, 1)
+    return pid
+
+def wait_for(cond, seconds):
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the condition, which has its deadline
+    return cond()
+
+def in_file(path, text):
+    try:
+        with open(path) as f:
+            return text in f.read()
+    except FileNotFoundError:
+        return False
+
+if __name__ == "__main__":
+    p = mplog.start(handlers, level="INFO")
+    logging.getLogger("app").warning("first")
+    p.flush(10)
+    kill_the_listener()
+    pid = idle_worker("held by an idle worker")
+    os.remove(FLAG)  # the supervisor's next restart (backoff 1, 2, 4 s) works
+    print("arrived while idle", wait_for(lambda: in_file(OUT, "held by an idle worker"), 30),
+          flush=True)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    # Held, and then the pipeline is stopped: the record goes to the worker's stderr
+    # without waiting for a log call or an exit (it would have waited for both).
+    kill_the_listener()
+    pid = idle_worker("held when the pipeline stopped")
+    p.stop()
+    print("said while idle", wait_for(lambda: in_file(ERR, "held when the pipeline stopped"), 10),
+          flush=True)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_records_held_by_an_idle_worker_reach_the_listener_once_it_is_back(tmp_path: pathlib.Path) -> None:
+    """A worker logged while the listener was being restarted (slower than the outage
+    budget: the record is held in its memory) and then logged nothing more. The record
+    waited for its next log call, or its exit, and was lost with it when it was killed.
+    A thread of the worker's now tries again until it is written, or the pipeline is
+    gone (then it goes to stderr, counted)."""
+    out, flag, err = tmp_path / "app.log", tmp_path / "gone.flag", tmp_path / "worker.err"
+    script = tmp_path / "idle_worker.py"
+    script.write_text(HELD_BY_AN_IDLE_WORKER)
+    run = _run_script(HELD_BY_AN_IDLE_WORKER, str(out), str(flag), str(err), path=script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["arrived while idle True", "said while idle True"], (
+        run.stdout, run.stderr)
+    assert out.read_text().splitlines() == ["first", "held by an idle worker"]
+    said = err.read_text().splitlines()
+    assert len(said) == 1 and said[0].startswith("mplog: the pipeline at ") and said[0].endswith(
+        "is gone (stopped, or the process that started it exited; a daemon calls start() after "
+        "it detaches); record not delivered: WARNING app: held when the pipeline stopped"), said
+
+
 DAEMONIZE_AFTER_START = """
 import logging, os, sys
 import mplog

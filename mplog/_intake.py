@@ -229,6 +229,8 @@ class IntakeClient:
         self._lock = threading.RLock()
         self._depth = 0
         self._pending: deque[bytes] = deque()
+        #: close() was called from inside send() (a signal handler): send() closes.
+        self._close_after = False
         self._sock: socket.socket | None = None
         #: The write end of the connection's record pipe; -1: records go on the socket.
         self._wfd = -1
@@ -371,6 +373,7 @@ class IntakeClient:
         self._lock = threading.RLock()
         self._depth = 0
         self._pending = deque()
+        self._close_after = False
         self._disconnect()  # closes only this process's copies of the parent's fds
         self._pid = os.getpid()
         self._retain_init()  # the parent's records are the parent's to resend
@@ -386,6 +389,12 @@ class IntakeClient:
         nothing is left unacknowledged. Returns at once when no listener is there."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            if self._depth:
+                # From a signal handler, while this thread is inside send(): that call
+                # owns the connection (no reconnecting, no closing it here). Its queued
+                # frames go aside; what this connection carries is waited for.
+                ok = self._send_aside(deadline)
+                return self._wait_acks_only(deadline) and ok
             while self._retained:
                 sock = self._sock
                 if sock is None:
@@ -413,9 +422,34 @@ class IntakeClient:
                     self._disconnect()
             return True
 
+    def _wait_acks_only(self, deadline: float) -> bool:
+        # drain() inside send(): read acknowledgements until none is missing, without
+        # touching the connection (the outer call's) even at EOF.
+        while self._retained and self._sock is not None:
+            sock = self._sock
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                if not _poll.readable([sock], min(remaining, 0.1)):
+                    continue
+            except (OSError, ValueError):
+                return False
+            before = (self._acked, len(self._ack_part), self._greeted)
+            self._read_acks(sock)
+            if (self._acked, len(self._ack_part), self._greeted) == before:
+                return False  # EOF: the outer call finds out and resends
+        return not self._retained
+
     def close(self) -> None:
         with self._lock:
             self._generation += 1  # a retrier ends: held records wait for the next call
+            if self._depth:
+                # From a signal handler, while this thread is inside send(): the
+                # connection is that call's until it returns, and is closed then.
+                self._send_aside(time.monotonic() + EXIT_DRAIN)
+                self._close_after = True
+                return
             self._disconnect()
 
     def _disconnect(self) -> None:
@@ -628,18 +662,22 @@ class IntakeClient:
                     ok = self._send_locked(frame)
                 written = True
                 if self._pending:
-                    written = False
                     self._send_pending()
-                    written = True
             except BaseException:
                 # KeyboardInterrupt (Ctrl-C), or an exception a signal handler raised,
                 # possibly inside a write: see _abandon. (OSErrors of the writes are
                 # handled above; this is for what interrupts them.)
-                if not written:
-                    self._abandon(frame)
+                try:
+                    if not written:
+                        self._abandon(frame)
+                finally:
+                    self._keep_pending()
                 raise
             finally:
                 self._depth = 0
+                if self._close_after:  # close() came from a signal handler meanwhile
+                    self._close_after = False
+                    self._close_now()
             return ok
         finally:
             lock.release()
@@ -700,14 +738,67 @@ class IntakeClient:
 
     def _send_pending(self) -> None:
         # Frames that re-entrant calls queued while this thread was writing (depth 1).
+        # Each leaves the queue once written: an exception inside its write leaves it
+        # there, for _keep_pending.
         pending = self._pending
         while pending:
             while pending:
-                self._send_locked(pending.popleft())
+                self._send_locked(pending[0])
+                pending.popleft()
             self._depth = 0
             if not pending:  # nothing queued after the last check
                 break
             self._depth = 1
+
+    def _close_now(self) -> None:
+        """The close() a signal handler asked for while send() wrote. What the connection
+        leaves unacknowledged (the frame send() was writing, if the handler raised before
+        it was whole) must not vanish with the closed client: it is written again and
+        waited for, or, with the pipeline gone (the handler called stop()), goes to
+        stderr, counted."""
+        if self._retained and not self.drain(EXIT_DRAIN):
+            self.give_up()
+        self._disconnect()
+
+    def _keep_pending(self) -> None:
+        """An exception is leaving send() (a signal handler that logged, then raised
+        SystemExit or KeyboardInterrupt) with frames that re-entrant calls queued: they
+        were logged, and vanished. End the connection as _abandon does, and keep them
+        after what it leaves for a resend: the next connection (the exit drain's, or the
+        next record's) writes them."""
+        pending = self._pending
+        if not pending:
+            return
+        try:
+            if self._sock is not None:
+                self._abandon(None)
+        finally:
+            while pending:
+                f = pending.popleft()
+                self._retained.append(f)
+                self._retained_bytes += len(f)
+
+    def _send_aside(self, deadline: float) -> bool:
+        """drain() or close() from a signal handler that interrupted this thread inside
+        send() (``stop()``, ``logging.shutdown()`` or ``flush()`` in a SIGTERM handler):
+        the frames its own log calls queued cannot follow a frame that may be half
+        written, so they go now on a connection of their own, and are waited for; a
+        stop() that follows finds them handled. True if all were acknowledged; what was
+        not goes to stderr, counted."""
+        if not self._pending:
+            return True
+        side = IntakeClient(self.address, outage_budget=self.outage_budget,
+                            send_timeout=self.send_timeout)
+        try:
+            while self._pending:
+                side.send(self._pending.popleft())
+            ok = side.drain(max(0.0, deadline - time.monotonic()))
+            if not ok:
+                side.give_up()
+            return ok
+        finally:
+            self.lost_total += side.lost_total
+            side.close()
 
     def _send_locked(self, frame: bytes) -> bool:
         while True:
@@ -795,47 +886,88 @@ class IntakeClient:
 
     def _retry_loop(self, pid: int, generation: int) -> None:
         delay = RETRY_INTERVAL
+        #: The connection the held records were written on, and how many they were.
+        watch: tuple[socket.socket, int] | None = None
         while True:
-            time.sleep(max(delay, self._next_try - time.monotonic()))
-            delay = min(delay * 2, HELD_RETRY_MAX)
-            if not self._retry_held(pid, generation):
-                return
+            if watch is None:
+                time.sleep(max(delay, self._next_try - time.monotonic()))
+                delay = min(delay * 2, HELD_RETRY_MAX)
+            else:
+                time.sleep(RETRY_INTERVAL)
+            with self._lock:
+                if self._pid != pid or self._generation != generation:
+                    return  # a fork's copy, or close()d
+                if watch is None:
+                    tried = self._retry_held()
+                    if tried is False:
+                        return
+                    if tried is not True:
+                        watch = tried
+                elif self._held_acknowledged(*watch):
+                    return
+                elif self._sock is None:
+                    watch = None  # that connection died first: connect again
 
-    def _retry_held(self, pid: int, generation: int) -> bool:
-        """One try of the retrier: connect, which writes the held records first. False
-        when there is nothing more to try: written, given up, or no longer this thread's
-        (a fork, close(), a log call that connected meanwhile)."""
-        with self._lock:
-            if (self._pid != pid or self._generation != generation or not self._holding
-                    or self._sock is not None or not self._retained):
-                return False
-            now = time.monotonic()
-            if now < self._next_try:
-                return True
-            sock = self._sock = self._connect()
-            if sock is not None:
-                return False
-            now = time.monotonic()
-            if not self._denied and os.path.exists(self.address):
-                self._gone_since = None
-                self._next_try = now + (FULL_RETRY if self._full or self._no_fds
-                                        else RETRY_INTERVAL)
-                return True
-            if not self._denied and (self._gone_since is None
-                                     or now - self._gone_since < MISSING_FILE_GRACE):
-                # No socket file: a restart's moment between unlink and bind, or the
-                # pipeline gone; told apart after MISSING_FILE_GRACE.
-                self._gone_since = self._gone_since or now
-                return True
-            # The pipeline is gone (or refuses this process): nothing will take them. To
-            # stderr, counted, as a log call would and as the exit would.
-            self._holding = False
-            self._gone_since = None
-            retained, self._retained = self._retained, deque()
-            self._retained_bytes = 0
-            for frame in retained:
-                self._lose(frame, now)
+    def _retry_held(self) -> bool | tuple[socket.socket, int]:
+        """One try of the retrier (lock held): connect, which writes the held records
+        first; then (the connection, how many they were), to be watched until they are
+        acknowledged: a listener that accepts and then dies (a restart that fails after
+        it bound) must not take them with it. True: try again later. False: nothing more
+        to try (given up, or a log call connected meanwhile)."""
+        if not self._holding or self._sock is not None or not self._retained:
             return False
+        now = time.monotonic()
+        if now < self._next_try:
+            return True
+        held = len(self._retained)
+        sock = self._sock = self._connect()
+        if sock is not None:
+            return (sock, held)
+        now = time.monotonic()
+        if not self._denied and os.path.exists(self.address):
+            self._gone_since = None
+            self._next_try = now + (FULL_RETRY if self._full or self._no_fds
+                                    else RETRY_INTERVAL)
+            return True
+        if not self._denied and (self._gone_since is None
+                                 or now - self._gone_since < MISSING_FILE_GRACE):
+            # No socket file: a restart's moment between unlink and bind, or the
+            # pipeline gone; told apart after MISSING_FILE_GRACE.
+            self._gone_since = self._gone_since or now
+            return True
+        # The pipeline is gone (or refuses this process): nothing will take them. To
+        # stderr, counted, as a log call would and as the exit would.
+        self._holding = False
+        self._gone_since = None
+        retained, self._retained = self._retained, deque()
+        self._retained_bytes = 0
+        for frame in retained:
+            self._lose(frame, now)
+        return False
+
+    def _held_acknowledged(self, sock: socket.socket, held: int) -> bool:
+        """Whether the *held* records written first on *sock* are acknowledged (lock
+        held). A connection that ended first is given up here (the records stay kept
+        for the next one, and the worker holds again)."""
+        if self._sock is not sock:
+            # A log call found the connection dead and reconnected, or is holding.
+            return not self._holding
+        if self._unacked_base >= held:
+            return True
+        try:
+            readable = _poll.readable([sock], 0)
+        except (OSError, ValueError):
+            readable = [sock]
+        if readable:
+            before = (self._acked, len(self._ack_part), self._greeted, self._full)
+            self._read_acks(sock)
+            if self._unacked_base >= held:
+                return True
+            if (self._acked, len(self._ack_part), self._greeted, self._full) == before:
+                self._disconnect()  # EOF: that listener went before it handled them
+                self._holding = True
+                self._next_try = time.monotonic() + RETRY_INTERVAL
+        return False
 
     def give_up(self) -> None:
         """At exit, after a drain that failed: every record still held or unacknowledged

@@ -414,6 +414,69 @@ def test_logging_from_a_signal_handler_never_deadlocks(tmp_path: pathlib.Path, r
     assert sum(r["msg"].startswith("from the signal handler") for r in recs) == fired
 
 
+_SIGTERM_INSIDE_A_LOG_CALL = """
+import logging, os, signal, sys
+import mplog
+
+OUT, MODE, WHEN = sys.argv[1:4]
+if __name__ == "__main__":
+    p = mplog.start([logging.FileHandler(OUT)], level="INFO")
+    log = logging.getLogger("app")
+
+    def on_term(sig, frame):  # a graceful shutdown, as servers write it
+        log.warning("shutting down")
+        if MODE == "stop":
+            p.stop()
+        elif MODE == "shutdown":
+            logging.shutdown()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    for i in range(100):
+        log.info("r %d", i)
+    p.flush()
+
+    def at_the_write(frame, event, arg):
+        # The worst moment, made certain: the signal comes while this thread is inside
+        # mplog's send(), just before (c_call) or just after (c_return) the write.
+        if event == WHEN and arg is os.write and frame.f_code.co_name == "send":
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGTERM)  # its handler runs here, inside send()
+
+    sys.setprofile(at_the_write)
+    log.info("the record being written")
+    print("not reached")
+"""
+
+
+@pytest.mark.parametrize(("mode", "when"), [("exit", "c_call"), ("exit", "c_return"),
+                                            ("stop", "c_call"), ("shutdown", "c_return")])
+def test_a_sigterm_handler_that_logs_and_exits_inside_a_log_call_loses_nothing(tmp_path: pathlib.Path, mode: str, when: str) -> None:
+    """A SIGTERM handler that logs "shutting down" and exits (after stop() or
+    logging.shutdown(), or not): when the signal came while the main thread was inside
+    send(), the handler's record was queued behind the one being written, and the
+    SystemExit left it in the queue: lost, silently (7 of 30 real SIGTERMs in a probe)."""
+    script = tmp_path / "sigterm.py"
+    script.write_text(_SIGTERM_INSIDE_A_LOG_CALL)
+    out = tmp_path / "app.log"
+    run = subprocess.run([sys.executable, str(script), str(out), mode, when], cwd=ROOT,
+                         env=env_with_root(), capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert run.returncode == 0 and run.stdout == "", (run.stdout, run.stderr)
+    lines = out.read_text().splitlines()
+    assert lines[:100] == [f"r {i}" for i in range(100)]
+    if mode == "stop" and when == "c_call":
+        # stop() inside the call, before its record was written: that record cannot be
+        # delivered any more. It goes to stderr, counted; the handler's own is delivered.
+        assert lines[100:] == ["shutting down"], lines[100:]
+        assert run.stderr.endswith("record not delivered: INFO app: the record being written\n"), run.stderr
+        assert run.stderr.count("\n") == 1, run.stderr
+    else:
+        # Each once; the handler's may come first (it went on a connection of its own).
+        assert sorted(lines[100:]) == ["shutting down", "the record being written"], lines[100:]
+        assert run.stderr == "", run.stderr
+
+
 # -- silence (issue 10.7) ---------------------------------------------------------------------
 
 

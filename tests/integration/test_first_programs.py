@@ -1244,6 +1244,14 @@ def kill_the_listener():
     open(FLAG, "w").close()  # its restarts fail until the flag is gone
     (listener,) = [c for c in psutil.Process().children() if c.name() == "mplog-listener"]
     listener.kill()
+    # Dead before the worker logs: a record written into a dying listener is written
+    # again at the worker's next log call or exit, not by the thread this is about.
+    def dead():
+        try:
+            return listener.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    assert wait_for(dead, 10)
 
 def idle_worker(text):
     # A forked worker logs once while the listener is down (the call waits out the 2 s

@@ -5,6 +5,7 @@ data-only rule of a decoding listener, or the bound on a worker's wait."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -286,6 +287,59 @@ def test_a_listener_slower_to_come_back_than_the_budget_costs_no_record(tmp_path
     # Record 0 may come again (the dead listener never acknowledged it): at least once.
     assert got[-201:] == [f"r {i}" for i in range(1, 202)], got[:5]
     assert "record not delivered" not in capfd.readouterr().err
+
+
+def test_a_held_record_outlives_a_listener_that_takes_it_and_dies(tmp_path) -> None:
+    """A worker holds a record (its listener slower to come back than the budget) and
+    logs nothing more; its own thread writes the record to the next listener. That
+    listener takes it and dies before acknowledging it (a restart that failed after it
+    bound): the thread must see the connection end and write it again to the one after,
+    still without a log call."""
+    from mplog._intake import GREETING, MODE_RECORD
+    from mplog._record import decode_record, encode
+
+    path = str(tmp_path / "intake.sock")
+
+    def listen() -> socket.socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a new listener replaces the socket file
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.listen(8)
+        s.settimeout(20)
+        return s
+
+    def until_held(peer: IntakePeer) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + 20
+        while "held" not in got and not peer.closed and time.monotonic() < deadline:
+            got += [decode_record(b)["msg"] for b in peer.poll(0.1) if b[:1] == b"R"]
+        return got
+
+    first = listen()
+    client = IntakeClient(path, outage_budget=0.2)
+    assert client.send(encode(logging.LogRecord("idle", 20, "", 0, "before", None, None)))
+    first.accept()[0].close()
+    first.close()  # the listener died; its socket file stays
+    assert client.send(encode(logging.LogRecord("idle", 20, "", 0, "held", None, None)))
+    assert client._holding  # past the budget: held, and the caller did not wait for it
+    doomed = listen()
+    c, _ = doomed.accept()  # the worker's own thread connects
+    c.sendall(GREETING + MODE_RECORD)
+    peer = IntakePeer(c)
+    assert "held" in until_held(peer)
+    peer.close()  # gone before its acknowledgement
+    doomed.close()
+    second = listen()
+    c, _ = second.accept()
+    c.sendall(GREETING + MODE_RECORD)
+    peer = IntakePeer(c)
+    try:
+        assert "held" in until_held(peer)  # written again, still with no log call
+    finally:
+        peer.close()
+        second.close()
+        client.close()
 
 
 class _BrokenRelay(mplog.SocketHandler):

@@ -763,9 +763,9 @@ class IntakeClient:
     def _keep_pending(self) -> None:
         """An exception is leaving send() (a signal handler that logged, then raised
         SystemExit or KeyboardInterrupt) with frames that re-entrant calls queued: they
-        were logged, and vanished. End the connection as _abandon does, and keep them
-        after what it leaves for a resend: the next connection (the exit drain's, or the
-        next record's) writes them."""
+        were logged, and used to vanish with the queue. End the connection as _abandon
+        does, and keep them after what it leaves for a resend: the next connection (the
+        exit drain's, or the next record's) writes them."""
         pending = self._pending
         if not pending:
             return
@@ -875,7 +875,7 @@ class IntakeClient:
         """A thread that tries to connect while records are held, so that they reach the
         listener when it is back: a process that logs nothing more (an idle worker, one
         waiting on a task) would keep them until its next log call, or lose them with it
-        if it is then killed. It ends once they are written, or given up."""
+        if it is then killed. It ends once they are acknowledged, or given up."""
         t = threading.Thread(target=self._retry_loop, args=(self._pid, self._generation),
                              name="mplog-held-records", daemon=True)
         try:

@@ -158,11 +158,18 @@ def _timeval(seconds: float) -> bytes:
 
 #: At exit, how long a process waits for the listener to acknowledge what it wrote last.
 EXIT_DRAIN = 5.0
+#: ... and, if it finds the listener being restarted (its socket file there, connections
+#: refused), how long in all: a restart on a loaded machine (a new process, its imports,
+#: its handlers) can take longer than EXIT_DRAIN, and what is still unacknowledged then
+#: goes to stderr instead of the spool or the receiver.
+EXIT_RESTART_WAIT = 15.0
 
 
 def _drain_all_at_exit() -> None:
     for client in list(_clients):
-        if client._pid == os.getpid() and not client.drain(EXIT_DRAIN):
+        if client._pid == os.getpid() and not client.drain(
+            EXIT_DRAIN, restart_wait=EXIT_RESTART_WAIT
+        ):
             client.give_up()
 
 
@@ -383,11 +390,15 @@ class IntakeClient:
         self._generation += 1
         self._lost = 0
 
-    def drain(self, timeout: float) -> bool:
+    def drain(self, timeout: float, *, restart_wait: float | None = None) -> bool:
         """Wait (at most *timeout* s) until the listener has handled every record this
         process wrote; resend to a restarted listener what the old one did not. True if
-        nothing is left unacknowledged. Returns at once when no listener is there."""
-        deadline = time.monotonic() + timeout
+        nothing is left unacknowledged. Returns at once when no listener is there.
+
+        *restart_wait*: if the listener is found being restarted, wait up to this long in
+        all instead (the exit drain: see EXIT_RESTART_WAIT)."""
+        began = time.monotonic()
+        deadline = began + timeout
         with self._lock:
             if self._depth:
                 # From a signal handler, while this thread is inside send(): that call
@@ -403,7 +414,11 @@ class IntakeClient:
                         # A listener being restarted leaves its socket file (connect is
                         # refused until the new one binds): wait for it. No file: the
                         # pipeline was stopped, there is nobody to wait for.
-                        if not os.path.exists(self.address) or time.monotonic() >= deadline:
+                        if not os.path.exists(self.address):
+                            return False
+                        if restart_wait is not None:
+                            deadline = max(deadline, began + restart_wait)
+                        if time.monotonic() >= deadline:
                             return False
                         time.sleep(RETRY_INTERVAL)
                     continue

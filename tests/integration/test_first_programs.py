@@ -1324,6 +1324,61 @@ def test_records_held_by_an_idle_worker_reach_the_listener_once_it_is_back(tmp_p
         "it detaches); record not delivered: WARNING app: held when the pipeline stopped"), said
 
 
+SLOW_RESTART_AT_EXIT = """
+import logging, os, sys, time
+import psutil
+import mplog
+
+OUT, FLAG, ERR = sys.argv[1:4]
+
+def handlers():
+    if os.path.exists(FLAG):
+        time.sleep(7)  # a restart on a loaded machine: longer than the 5 s exit drain
+    return [logging.FileHandler(OUT)]
+
+if __name__ == "__main__":
+    p = mplog.start(handlers, level="INFO")
+    (listener,) = [c for c in psutil.Process().children() if c.name() == "mplog-listener"]
+    open(FLAG, "w").close()
+    listener.suspend()  # it reads nothing more: what the worker writes stays unacknowledged
+    logged_r, logged_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(ERR, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
+        for i in range(3):
+            logging.getLogger("app").warning("last words %d", i)
+        os.write(logged_w, b"x")
+        os.read(go_r, 1)
+        sys.exit(0)  # a normal exit: the exit drain waits for the acknowledgements
+    os.read(logged_r, 1)
+    listener.kill()  # with the records in its pipe; the restart takes 7 s
+    t = time.monotonic()
+    os.write(go_w, b"x")
+    os.waitpid(pid, 0)
+    print("worker exited in under 15 s", time.monotonic() - t < 15, flush=True)
+    os.remove(FLAG)
+    p.flush(10)
+    p.stop()
+"""
+
+
+def test_a_worker_exiting_while_the_listener_restarts_slowly_waits_for_it(tmp_path: pathlib.Path) -> None:
+    """A worker's last records sat unacknowledged in a listener that was then killed,
+    and the worker exited while the restart took 7 s (a loaded machine). The exit drain
+    gave up after 5 s and wrote them to stderr; under load the SIGKILL test with a spool
+    lost records that way (3 of 4 runs beside 4 CPU burners). Finding the listener being
+    restarted, it now waits up to 15 s for it."""
+    out, flag, err = tmp_path / "app.log", tmp_path / "slow.flag", tmp_path / "worker.err"
+    script = tmp_path / "slow_restart_at_exit.py"
+    script.write_text(SLOW_RESTART_AT_EXIT)
+    run = _run_script(SLOW_RESTART_AT_EXIT, str(out), str(flag), str(err), path=script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["worker exited in under 15 s True"], run.stdout
+    assert not err.exists() or err.read_text() == "", err.read_text()
+    assert out.read_text().splitlines() == [f"last words {i}" for i in range(3)]
+
+
 DAEMONIZE_AFTER_START = """
 import logging, os, sys
 import mplog

@@ -812,7 +812,14 @@ class IntakeClient:
                 side.give_up()
             return ok
         finally:
+            # What the side connection lost is reported to the listener with this
+            # client's own losses, on its next connection (worker_lost, in dropped).
             self.lost_total += side.lost_total
+            if side._lost:
+                if not self._lost:
+                    self._lost_first = side._lost_first
+                self._lost += side._lost
+                self._lost_last = side._lost_last
             side.close()
 
     def _send_locked(self, frame: bytes) -> bool:

@@ -582,6 +582,7 @@ class IntakeClient:
             return None
         self._new_connection_state()
         self._holding = False
+        self._gone_since = None
         self._acked = 0
         self._unacked_base = 0
         self._ack_part = b""
@@ -864,11 +865,17 @@ class IntakeClient:
                 self._outage_deadline = now + self.outage_budget
             exists = os.path.exists(self.address)
             give_up_at = self._outage_deadline
-            if not exists:
-                # No socket file: not a restart (a new listener replaces the old file at
-                # once), so the pipeline is gone; MISSING_FILE_GRACE covers the moment
-                # between a restart's unlink and bind.
-                give_up_at += MISSING_FILE_GRACE - self.outage_budget
+            if exists:
+                self._gone_since = None
+            else:
+                # No socket file: not a restart (a new listener renames its socket over
+                # the old file: see bind), so the pipeline is gone. Told apart after
+                # MISSING_FILE_GRACE from when the file was first missed, not from when
+                # the outage began (a restart on an address too long for bind's
+                # temporary name unlinks the old file, then binds).
+                if self._gone_since is None:
+                    self._gone_since = now
+                give_up_at = min(give_up_at, self._gone_since + MISSING_FILE_GRACE)
             if now >= give_up_at:
                 self._next_try = now + RETRY_INTERVAL
                 if exists and self._hold(frame):
@@ -953,8 +960,8 @@ class IntakeClient:
             return True
         if not self._denied and (self._gone_since is None
                                  or now - self._gone_since < MISSING_FILE_GRACE):
-            # No socket file: a restart's moment between unlink and bind, or the
-            # pipeline gone; told apart after MISSING_FILE_GRACE.
+            # No socket file: the pipeline gone, or a restart's moment between unlink
+            # and bind (see bind); told apart after MISSING_FILE_GRACE.
             self._gone_since = self._gone_since or now
             return True
         # The pipeline is gone (or refuses this process): nothing will take them. To
@@ -1074,27 +1081,48 @@ def control_request(address: str, message: dict[str, Any], timeout: float) -> di
 
 def bind(address: str, owner: tuple[int, int] | None = None) -> socket.socket:
     """Bind and listen on the Unix socket *address*, replacing a stale socket file; give
-    it to *owner* (uid, gid) if set (``start(worker_user=...)``)."""
-    if os.path.lexists(address):
-        if not stat.S_ISSOCK(os.lstat(address).st_mode):
-            raise OSError(f"{address} exists and is not a socket")
-        os.unlink(address)  # a dead listener's socket; start() refused a live one
+    it to *owner* (uid, gid) if set (``start(worker_user=...)``).
+
+    The new socket is bound under a temporary name beside *address* and renamed over it,
+    so that a restarted listener's socket file replaces the dead one's without a moment
+    in which there is none: a worker that finds no socket file takes the pipeline for
+    gone (stopped), and one looking in that moment used to lose the record it held."""
+    if os.path.lexists(address) and not stat.S_ISSOCK(os.lstat(address).st_mode):
+        raise OSError(f"{address} exists and is not a socket")
+    head, tail = os.path.split(address)
+    temporary = os.path.join(head, f".{tail}.{os.getpid()}")
+    if len(os.fsencode(temporary)) >= _UNIX_PATH_MAX:
+        temporary = address  # no room for a longer name: unlink, then bind
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        if os.path.lexists(temporary):
+            # Without room for the longer name, the dead listener's socket (start()
+            # refused a live one); else a leftover of a listener that had this pid.
+            os.unlink(temporary)
         old = os.umask(0o077)
         try:
-            s.bind(address)
+            s.bind(temporary)
         finally:
             os.umask(old)
-        if owner is not None:
-            os.chown(address, *owner)  # before listen(): nobody connects as the old owner
-        s.listen(1024)
-        s.setblocking(False)
+        try:
+            if owner is not None:
+                os.chown(temporary, *owner)  # before it is reachable under *address*
+            s.listen(1024)
+            s.setblocking(False)
+            if temporary != address:
+                os.rename(temporary, address)  # atomic: the old file, then the new one
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
     except OSError:
         s.close()
         raise
     return s
 
+
+#: sizeof(sun_path) on Linux: a Unix socket address (with its terminating NUL) fits in it.
+_UNIX_PATH_MAX = 108
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 

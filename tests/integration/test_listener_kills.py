@@ -4,11 +4,13 @@ intake socket and the dead listener had not yet read."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import pathlib
 import signal
+import struct
 import threading
 from collections.abc import Callable
 
@@ -153,3 +155,61 @@ def test_listener_sigkilled_5_times_under_load_without_a_spool_counts_every_loss
     # Over-counted at most what was on its way at each kill (sent after the last publish).
     assert st["dropped"] - missing <= KILLS * 2000, (missing, st["dropped"])
     assert st["restarts"] == KILLS
+
+
+class _DirectoryEvents:
+    """The names created, removed and renamed in a directory (Linux inotify, by ctypes):
+    what a worker looking there would have seen, without having to look at the right
+    microsecond."""
+
+    CREATE, DELETE, MOVED_FROM, MOVED_TO = 0x100, 0x200, 0x40, 0x80
+    _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+    def __init__(self, path: str) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self._fd >= 0, os.strerror(ctypes.get_errno())
+        mask = self.CREATE | self.DELETE | self.MOVED_FROM | self.MOVED_TO
+        assert self._libc.inotify_add_watch(self._fd, os.fsencode(path), mask) >= 0
+
+    def read(self) -> list[tuple[int, str]]:
+        events: list[tuple[int, str]] = []
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return events
+            off = 0
+            while off < len(data):
+                _, mask, _, n = self._EVENT.unpack_from(data, off)
+                off += self._EVENT.size
+                events.append((mask, data[off:off + n].rstrip(b"\0").decode()))
+                off += n
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def test_a_restarted_listener_replaces_the_socket_file_without_a_moment_of_none(receiver, start_pipeline) -> None:
+    # A worker in an outage that finds no socket file takes the pipeline for gone and
+    # writes its record to stderr (a CI run lost one that way, mid-stream, in the 5-kill
+    # test above): each restart must rename its socket over the old file, never unlink it
+    # first. inotify sees every change to the directory, at whatever moment it falls.
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    directory, name = os.path.split(p.address)
+    events = _DirectoryEvents(directory)
+    try:
+        for _ in range(3):
+            pid = p.pid
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: p.pid != pid, 60, "a new listener")
+        logging.getLogger(LOGGER).info("after the restarts", extra={"k": 0, "i": 0})
+        assert p.flush(30)
+        seen = events.read()
+    finally:
+        events.close()
+    assert (_DirectoryEvents.MOVED_TO, name) in seen, seen  # the watch saw the restarts
+    gone = [e for e in seen if e[1] == name and e[0] & (_DirectoryEvents.DELETE | _DirectoryEvents.MOVED_FROM)]
+    assert not gone, seen
+    assert sum(e == (_DirectoryEvents.MOVED_TO, name) for e in seen) == 3, seen
+    receiver.wait_records(1, 30)

@@ -289,6 +289,29 @@ def test_a_listener_slower_to_come_back_than_the_budget_costs_no_record(tmp_path
     assert "record not delivered" not in capfd.readouterr().err
 
 
+def _listen(path: str) -> socket.socket:
+    """A stand-in listener's socket at *path*, replacing the socket file there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(8)
+    s.settimeout(20)
+    return s
+
+
+def _messages_until(peer: IntakePeer, wanted: str) -> list[str]:
+    """The messages of the records *peer* reads, until *wanted* is among them (20 s at
+    most, or until the worker closes its connection)."""
+    from mplog._record import decode_record
+
+    got: list[str] = []
+    deadline = time.monotonic() + 20
+    while wanted not in got and not peer.closed and time.monotonic() < deadline:
+        got += [decode_record(b)["msg"] for b in peer.poll(0.1) if b[:1] == b"R"]
+    return got
+
+
 def test_a_held_record_outlives_a_listener_that_takes_it_and_dies(tmp_path) -> None:
     """A worker holds a record (its listener slower to come back than the budget) and
     logs nothing more; its own thread writes the record to the next listener. That
@@ -296,25 +319,15 @@ def test_a_held_record_outlives_a_listener_that_takes_it_and_dies(tmp_path) -> N
     bound): the thread must see the connection end and write it again to the one after,
     still without a log call."""
     from mplog._intake import GREETING, MODE_RECORD
-    from mplog._record import decode_record, encode
+    from mplog._record import encode
 
     path = str(tmp_path / "intake.sock")
 
     def listen() -> socket.socket:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # a new listener replaces the socket file
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(path)
-        s.listen(8)
-        s.settimeout(20)
-        return s
+        return _listen(path)
 
     def until_held(peer: IntakePeer) -> list[str]:
-        got: list[str] = []
-        deadline = time.monotonic() + 20
-        while "held" not in got and not peer.closed and time.monotonic() < deadline:
-            got += [decode_record(b)["msg"] for b in peer.poll(0.1) if b[:1] == b"R"]
-        return got
+        return _messages_until(peer, "held")
 
     first = listen()
     client = IntakeClient(path, outage_budget=0.2)
@@ -339,6 +352,48 @@ def test_a_held_record_outlives_a_listener_that_takes_it_and_dies(tmp_path) -> N
     finally:
         peer.close()
         second.close()
+        client.close()
+
+
+def test_a_socket_file_missing_for_a_moment_late_in_an_outage_loses_nothing(tmp_path) -> None:
+    """A restart that unlinks the old socket file before it binds (bind() does so for an
+    address too long for its temporary name) leaves a moment with no file. A worker that
+    has waited for its listener longer than MISSING_FILE_GRACE and looks in that moment
+    must give the file the grace from then on: it gave its record up at once (to stderr,
+    "listener unreachable"), which a CI run saw mid-stream in the 5-kill test."""
+    from mplog._intake import GREETING, MODE_RECORD
+    from mplog._options import MISSING_FILE_GRACE
+    from mplog._record import encode
+
+    path = str(tmp_path / "intake.sock")
+    first = _listen(path)
+    client = IntakeClient(path, outage_budget=10.0)
+    sent: list[bool] = []
+    t = threading.Thread(target=lambda: sent.append(
+        client.send(encode(logging.LogRecord("late", 20, "", 0, "late", None, None)))))
+    try:
+        assert client.send(encode(logging.LogRecord("late", 20, "", 0, "before", None, None)))
+        first.accept()[0].close()
+        first.close()  # the listener died; its socket file stays (refused)
+        t.start()
+        began = wait_until(lambda: client._outage_deadline, 10, "the outage") - 10.0
+        wait_until(lambda: time.monotonic() > began + 3 * MISSING_FILE_GRACE, 10, "a long outage")
+        os.unlink(path)  # the restart's moment between unlink and bind...
+        # ... seen by the worker (or it gave the record up: then the test fails below)
+        wait_until(lambda: client._gone_since is not None or sent, 10, "the worker to look")
+        second = _listen(path)
+        t.join(10)
+        assert sent == [True]  # written, not sent to stderr
+        c, _ = second.accept()
+        c.sendall(GREETING + MODE_RECORD)
+        peer = IntakePeer(c)
+        try:
+            assert "late" in _messages_until(peer, "late")
+        finally:
+            peer.close()
+            second.close()
+    finally:
+        t.join(10)
         client.close()
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import sys
 import threading
 import time
@@ -255,6 +256,17 @@ class _Watchdog:
         os._exit(1)
 
 
+def _not_ready(cfg: ListenerConfig, lsock: socket.socket) -> None:
+    """This listener bound its socket and then failed to start. A first start's socket
+    file goes (start() raises). A restart's stays, closed, so that workers see what they
+    see while a listener is restarted (connections refused) and hold their records for
+    the supervisor's next try: without a socket file they take the pipeline for stopped
+    and write what they hold to stderr."""
+    lsock.close()
+    if cfg.incarnation == 0:
+        pathlib.Path(cfg.address).unlink(missing_ok=True)
+
+
 def _raise_fd_limit() -> None:
     """Every worker costs the listener two file descriptors (its socket and the read end
     of its record pipe): take the hard limit, not the soft one (often 1024), so a few
@@ -342,8 +354,7 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
     try:
         listener.start()  # opens spools
     except ConfigError as exc:
-        lsock.close()
-        pathlib.Path(cfg.address).unlink(missing_ok=True)
+        _not_ready(cfg, lsock)
         ready.send(("error", str(exc)))
         return
     metrics = None
@@ -353,8 +364,7 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
             metrics = serve_pipeline_metrics(cfg.options["metrics_port"], server.stats)
         except ConfigError as exc:
             listener.stop()
-            lsock.close()
-            pathlib.Path(cfg.address).unlink(missing_ok=True)
+            _not_ready(cfg, lsock)
             ready.send(("error", str(exc)))
             return
         server.metrics_port = metrics.port

@@ -13,6 +13,7 @@ import signal
 import struct
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import mplog
 from tests.helpers import Serve, wait_until
@@ -213,3 +214,45 @@ def test_a_restarted_listener_replaces_the_socket_file_without_a_moment_of_none(
     assert not gone, seen
     assert sum(e == (_DirectoryEvents.MOVED_TO, name) for e in seen) == 3, seen
     receiver.wait_records(1, 30)
+
+
+def _log_then_wait(address: str, logged: Any, done: Any) -> None:
+    mplog.worker_init(address)
+    log = logging.getLogger(LOGGER)
+    for i in range(3):
+        log.info("while the restarts fail %d", i, extra={"k": 0, "i": i})
+    logged.set()
+    done.wait(60)  # alive and idle: its own thread must deliver what it holds
+
+
+def test_a_restart_that_fails_after_it_bound_keeps_the_workers_records(
+    tmp_path: pathlib.Path, receiver, start_pipeline, capfd
+) -> None:
+    # The new listener binds, then cannot open its spool (the directory was replaced by a
+    # file): the supervisor tries again later. The socket file must stay meanwhile. It was
+    # unlinked, and workers took the pipeline for stopped: their records went to stderr.
+    spool = tmp_path / "spool"
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port, spool_dir=str(spool))])
+    away = tmp_path / "spool.away"
+    spool.rename(away)
+    spool.write_text("")
+    os.kill(p.pid, signal.SIGKILL)
+    wait_until(lambda: "listener_down" in p.stats(), 30, "a restart that failed")
+    ctx = multiprocessing.get_context("fork")
+    logged, done = ctx.Event(), ctx.Event()
+    w = ctx.Process(target=_log_then_wait, args=(p.address, logged, done))
+    w.start()
+    try:
+        assert logged.wait(30)
+        spool.unlink()
+        away.rename(spool)  # the supervisor's next try succeeds
+        wait_until(lambda: p.restarts == 1, 60, "the restart")
+        receiver.wait_records(3, 30)
+    finally:
+        done.set()
+        w.join(30)
+    assert w.exitcode == 0
+    assert sorted(r["i"] for r in receiver.records() if r.get("name") == LOGGER) == [0, 1, 2]
+    err = capfd.readouterr().err
+    assert "restarting the listener failed" in err
+    assert "record not delivered" not in err, err

@@ -687,14 +687,26 @@ class Pipeline:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every record logged before this call was handled and every socket
-        handler's buffer is empty. True if so, False if *timeout* passed first."""
+        handler's buffer is empty. True if so, False if *timeout* passed first.
+
+        Returns within *timeout* + 2 s (the margin is for the listener's reply), also
+        when a handler is stuck: the records this process wrote are waited for out of
+        the same *timeout*.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ConfigError(f"flush() timeout must be a number of seconds >= 0, got {timeout!r}")
         if self._stopped:
             return True
-        if self._handler is not None:
-            self._handler.flush()
+        deadline = time.monotonic() + timeout
+        # This process's own records first (the root handler start() installed): acknowledged
+        # means the listener has them, so the flush request below covers them. It waited
+        # its own 5 s here, whatever *timeout* said.
+        if self._handler is not None and not self._handler.queue.drain(timeout):
+            return False
+        left = max(0.0, deadline - time.monotonic())
         try:
             reply = control_request(
-                self.address, {"op": "flush", "timeout": timeout}, timeout=timeout + 2.0
+                self.address, {"op": "flush", "timeout": left}, timeout=left + 2.0
             )
         except MplogError:
             return False

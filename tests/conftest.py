@@ -68,7 +68,7 @@ _LONG_FIRST = (
     "test_prefork_1000_tasks_while_pool_processes_are_killed",
     "test_partial_frames_capped_by_max_connections",
     "test_bench_collector_only",
-    "test_orphaned_listener_with_a_stuck_handler_exits",
+    "test_every_request_logged_once_through_recycling_and_hup",
     "test_collector_killed_5_times_exactly_once",
     "test_receiver_starts_3_s_after_logging_began",
     "test_pools",

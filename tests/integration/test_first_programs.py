@@ -178,7 +178,7 @@ def test_stop_returns_while_pools_made_after_start_are_alive(tmp_path: pathlib.P
 # -- a dead parent under a stuck handler -------------------------------------------------------------
 
 STUCK = """
-import logging, sys, threading
+import logging, sys, threading, time
 import mplog
 
 class Stuck(logging.Handler):
@@ -188,7 +188,10 @@ class Stuck(logging.Handler):
 if __name__ == "__main__":
     p = mplog.start([Stuck()], start_method=sys.argv[1])
     logging.getLogger("x").warning("this one never gets out")
-    p.flush(0.5)
+    deadline = time.monotonic() + 30
+    while p.stats()["received"] < 1:  # the listener is in the stuck handler from here
+        assert time.monotonic() < deadline, "the record did not reach the listener"
+        time.sleep(0.02)
     print(p.pid, p.address, flush=True)
     threading.Event().wait(120)
 """
@@ -253,6 +256,23 @@ def test_stop_with_a_stuck_handler_is_bounded_and_counts_the_loss(capfd: pytest.
     err = capfd.readouterr().err
     lines = [ln for ln in err.splitlines() if "did not stop" in ln]
     assert len(lines) == 1 and "1 records it held were not delivered (counted in dropped)" in lines[0], err
+
+
+def test_flush_with_a_stuck_handler_keeps_to_its_timeout(capfd: pytest.CaptureFixture[str]) -> None:
+    # flush(0.5) waited for the root handler's own records with a fixed 5 s first, then
+    # 2.5 s for the listener: 7.5 s, where the caller allowed half a second.
+    p = mplog.start([_Stuck()])
+    try:
+        logging.getLogger("t").warning("stuck in the handler")
+        t0 = time.monotonic()
+        assert p.flush(0.5) is False
+        took = time.monotonic() - t0
+        assert took < 0.5 + 2.0, took
+        with pytest.raises(mplog.ConfigError, match=r"flush\(\) timeout must be a number of seconds >= 0, got -1"):
+            p.flush(-1)
+    finally:
+        p.stop(timeout=0.5)
+    capfd.readouterr()
 
 
 # -- the mistakes a first program makes ------------------------------------------------------------

@@ -3,11 +3,20 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import Receiver, assert_no_children
+
+# A run started with SIGINT ignored (a background job of a non-interactive shell) passes
+# SIG_IGN on to every program the tests start, and Python then installs no
+# KeyboardInterrupt handler: the tests that press Ctrl-C in a child (``start()``
+# interrupted, ``mplog stats --watch`` ended) waited for ever. A Python handler here
+# becomes SIG_DFL in a child at exec, as in a program run from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -282,7 +282,8 @@ def _untrack(proc: Any) -> None:
 
 
 def _forget_inherited_listeners() -> None:
-    """In a forked child: forget the listener processes its parent started.
+    """In a forked child: forget the listener processes its parent started, and give its
+    pipelines fresh locks.
 
     A listener is taken out of ``multiprocess``'s set of children right after it starts
     (:func:`_untrack`); a fork in that moment (a gunicorn worker respawned while the
@@ -297,6 +298,12 @@ def _forget_inherited_listeners() -> None:
         for p in list(children):
             if getattr(p, "_parent_pid", pid) != pid:
                 children.discard(p)
+    # The supervisor thread holds these while it restarts a listener and adds up the dead
+    # one's counters; a fork in that moment copies them held, and the child's stats() or
+    # flush() on the inherited Pipeline would wait for ever on a thread it does not have.
+    for pipeline in _live:
+        pipeline._lock = threading.Lock()
+        pipeline._stats_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_inherited_listeners)

@@ -141,6 +141,36 @@ def test_pool_context_exit_loses_nothing(receiver: Receiver, start_pipeline) -> 
     assert sorted(r["i"] for r in recs) == list(range(2000))
 
 
+def _stats_from_a_child(p: mplog.Pipeline, w: object) -> None:
+    w.send(p.stats()["received"])  # type: ignore[attr-defined]
+
+
+def test_a_child_forked_while_the_supervisor_holds_the_pipelines_locks_can_use_it(receiver: Receiver, start_pipeline) -> None:
+    # The supervisor thread holds the pipeline's locks while it restarts a dead listener
+    # and adds up its counters. A fork in that moment (a pool replacing a worker) copied
+    # them held: the child's stats() waited for ever. The locks are held here, by this
+    # thread, around the fork: the same copy, at the worst moment, every time.
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
+    logging.getLogger("delivery").info("one")
+    assert p.flush(10)
+    ctx = multiprocessing.get_context("fork")
+    r, w = ctx.Pipe(duplex=False)
+    with p._lock, p._stats_lock:
+        child = ctx.Process(target=_stats_from_a_child, args=(p, w))
+        child.start()
+    try:
+        assert r.poll(20), "the child's stats() did not return"
+        assert r.recv() == 1
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        r.close()
+        w.close()
+    assert child.exitcode == 0
+
+
 def test_fork_while_8_threads_log(receiver: Receiver, start_pipeline) -> None:
     p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
     stop = threading.Event()

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from . import _poll, _sigpipe
 from ._errors import MplogError, ProtocolError, RemoteProtocolError
 from ._framing import FrameSplitter
-from ._options import MISSING_FILE_GRACE
+from ._options import MISSING_FILE_GRACE, RESTART_WAIT
 from ._record import (
     check_control,
     decode_control,
@@ -162,7 +162,7 @@ EXIT_DRAIN = 5.0
 #: refused), how long in all: a restart on a loaded machine (a new process, its imports,
 #: its handlers) can take longer than EXIT_DRAIN, and what is still unacknowledged then
 #: goes to stderr instead of the spool or the receiver.
-EXIT_RESTART_WAIT = 15.0
+EXIT_RESTART_WAIT = RESTART_WAIT
 
 
 def _drain_all_at_exit() -> None:

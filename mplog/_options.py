@@ -42,8 +42,13 @@ MAX_PORT = 65535
 #: that this module stays import-light; a unit test keeps the two equal).
 SPOOL_MODES = ("overflow", "all")
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block")
-#: How long the address check waits for a listener that refuses (being restarted).
+#: How long one connection attempt of the address check may block (a full backlog).
 CONNECT_CHECK_TIMEOUT = 2.0
+#: How long a process waits for a listener that refuses connections with its socket file
+#: in place: one being restarted (a new process, its imports, its handlers: 7 s and more
+#: on a loaded machine). The address check of worker_init() and QueueHandler(), and the
+#: exit drain, wait this long.
+RESTART_WAIT = 15.0
 #: How long it waits when the socket file is missing (a restart replaces it at once).
 MISSING_FILE_GRACE = 0.1
 
@@ -149,11 +154,13 @@ def check_socket_options(
         raise ConfigError(f"spool_dir must be a directory path, got {_r(spool_dir)}")
 
 
-def check_intake_address(address: str, who: str, *, timeout: float = CONNECT_CHECK_TIMEOUT) -> None:
+def check_intake_address(address: str, who: str, *, timeout: float = RESTART_WAIT) -> None:
     """Connect once to the listener's intake socket at *address* and close the connection.
 
-    A listener that is being restarted (its socket file missing or refusing for a
-    moment) gets up to *timeout* seconds; a directory that does not exist fails at once.
+    A listener that is being restarted (its socket file there, refusing) gets up to
+    *timeout* seconds: a pool's spawned worker meeting a restart must not fail its
+    initializer (a ``ProcessPoolExecutor`` is then broken for good). A missing socket
+    file gets MISSING_FILE_GRACE; a directory that does not exist fails at once.
 
     Raises:
         ConfigError: nothing listens there (no such file, not a socket, refused), named
@@ -169,7 +176,7 @@ def check_intake_address(address: str, who: str, *, timeout: float = CONNECT_CHE
             why = f"directory {parent!r} does not exist"
             break
         # A restarting listener leaves its old socket file (refused) until the new one
-        # replaces it, within milliseconds: only "refused" is worth the whole timeout.
+        # renames its own over it: only "refused" is worth the whole timeout.
         budget = timeout if why.startswith("connection refused") else MISSING_FILE_GRACE
         if time.monotonic() - start >= budget or why == "not a socket":
             break
@@ -201,7 +208,8 @@ def _try_connect(address: str) -> str | None:
     except ConnectionRefusedError:
         if os.path.exists(address) and not stat.S_ISSOCK(os.stat(address).st_mode):
             return "not a socket"
-        return "connection refused: a stale socket file, its listener is gone"
+        return ("connection refused: a stale socket file (its listener is gone), or a "
+                "listener restart that keeps failing")
     except OSError as exc:
         return exc.strerror or str(exc)
     finally:

@@ -1345,7 +1345,7 @@ def test_records_held_by_an_idle_worker_reach_the_listener_once_it_is_back(tmp_p
 
 
 SLOW_RESTART_AT_EXIT = """
-import logging, os, sys, time
+import concurrent.futures, logging, multiprocessing, os, sys, threading, time
 import psutil
 import mplog
 
@@ -1355,6 +1355,21 @@ def handlers():
     if os.path.exists(FLAG):
         time.sleep(7)  # a restart on a loaded machine: longer than the 5 s exit drain
     return [logging.FileHandler(OUT)]
+
+def task(i):
+    logging.getLogger("app").warning("pool task %d", i)
+    return i
+
+def pool_during_the_restart(address):
+    # Spawned workers whose initializer meets the listener being restarted: worker_init
+    # gave up after 2 s (ConfigError), and the executor was broken for good.
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+                2, mp_context=ctx, initializer=mplog.worker_init, initargs=(address,)) as ex:
+            print("pool", list(ex.map(task, range(3))), flush=True)
+    except Exception as exc:
+        print("pool failed:", type(exc).__name__, exc, flush=True)
 
 if __name__ == "__main__":
     p = mplog.start(handlers, level="INFO")
@@ -1375,8 +1390,11 @@ if __name__ == "__main__":
     listener.kill()  # with the records in its pipe; the restart takes 7 s
     t = time.monotonic()
     os.write(go_w, b"x")
+    pool = threading.Thread(target=pool_during_the_restart, args=(p.address,))
+    pool.start()
     os.waitpid(pid, 0)
     print("worker exited in under 15 s", time.monotonic() - t < 15, flush=True)
+    pool.join()
     os.remove(FLAG)
     p.flush(10)
     p.stop()
@@ -1388,15 +1406,20 @@ def test_a_worker_exiting_while_the_listener_restarts_slowly_waits_for_it(tmp_pa
     and the worker exited while the restart took 7 s (a loaded machine). The exit drain
     gave up after 5 s and wrote them to stderr; under load the SIGKILL test with a spool
     lost records that way (3 of 4 runs beside 4 CPU burners). Finding the listener being
-    restarted, it now waits up to 15 s for it."""
+    restarted, it now waits up to 15 s for it. A pool whose spawned workers start in
+    those 7 s must work as well: worker_init() raised after 2 s, and the executor broke."""
     out, flag, err = tmp_path / "app.log", tmp_path / "slow.flag", tmp_path / "worker.err"
     script = tmp_path / "slow_restart_at_exit.py"
     script.write_text(SLOW_RESTART_AT_EXIT)
     run = _run_script(SLOW_RESTART_AT_EXIT, str(out), str(flag), str(err), path=script)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["worker exited in under 15 s True"], run.stdout
+    assert sorted(run.stdout.splitlines()) == ["pool [0, 1, 2]", "worker exited in under 15 s True"], run.stdout
     assert not err.exists() or err.read_text() == "", err.read_text()
-    assert out.read_text().splitlines() == [f"last words {i}" for i in range(3)]
+    assert "record not delivered" not in run.stderr, run.stderr
+    lines = out.read_text().splitlines()
+    assert [ln for ln in lines if ln.startswith("last")] == [f"last words {i}" for i in range(3)]
+    assert sorted(ln for ln in lines if ln.startswith("pool")) == [f"pool task {i}" for i in range(3)]
+    assert len(lines) == 6, lines
 
 
 DAEMONIZE_AFTER_START = """

@@ -1059,7 +1059,11 @@ def control_request(address: str, message: dict[str, Any], timeout: float) -> di
     """
     deadline = time.monotonic() + timeout
     splitter = FrameSplitter()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:  # out of file descriptors: stats(), flush(), stop() say so
+        raise MplogError(f"no socket to ask the listener at {address}: {exc}") from exc
+    with s:
         s.settimeout(max(0.01, timeout))
         try:
             s.connect(address)

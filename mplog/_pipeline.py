@@ -504,7 +504,10 @@ class Pipeline:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def _spawn(self) -> None:
+    def _spawn(self, interrupt: Any = None) -> bool:
+        """Start a listener and wait until it is ready; ConfigError if it fails to. False:
+        *interrupt* (the supervisor's wake pipe: stop() was called) became readable
+        first, and the listener being started was killed."""
         from multiprocess.connection import wait
 
         _listener_skips_main_import()
@@ -520,8 +523,11 @@ class Pipeline:
         _untrack(proc)
         w.close()
         try:
-            ready = wait([r, proc.sentinel], timeout=self._options["start_timeout"])
-            if r in ready:
+            watch = [r, proc.sentinel] if interrupt is None else [r, proc.sentinel, interrupt]
+            ready = wait(watch, timeout=self._options["start_timeout"])
+            if r not in ready and interrupt is not None and interrupt in ready:
+                kind, value = "interrupted", None
+            elif r in ready:
                 try:
                     kind, value = r.recv()
                 except EOFError:
@@ -540,7 +546,11 @@ class Pipeline:
         if kind == "ready":
             self._proc = proc
             self._cfg.incarnation += 1
-            return
+            return True
+        if kind == "interrupted":
+            proc.kill()
+            proc.join()
+            return False
         proc.join(0 if kind == "timeout" else 5)  # one that said why exits by itself
         if proc.is_alive():
             proc.kill()
@@ -589,20 +599,26 @@ class Pipeline:
                 proc.join(5.0)
                 if self._cfg.incarnation == self._absorbed + 1:
                     self._absorb_dead_listener(proc.pid, proc.exitcode)
-                try:
-                    self._spawn()
-                except ConfigError as exc:
-                    failures += 1
-                    self._restart_failing = str(exc)
-                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                    say(
-                        f"mplog: restarting the listener failed ({exc}); next try in {delay} s"
-                    )
-                else:
-                    failures = 0
-                    self._restart_failing = None
-                    self.restarts += 1
-                    continue
+            # Not under the lock: a restart can take as long as start_timeout, and stop()
+            # takes the lock first; it wakes this wait instead, and the listener being
+            # started is killed (stop() keeps to its timeout).
+            try:
+                if not self._spawn(interrupt=self._wake_r):
+                    return
+            except Exception as exc:
+                # ConfigError (the listener said why), or this process could not start one
+                # (OSError: out of file descriptors or memory): tried again later. An
+                # exception that ended this thread ended the restarts for good.
+                why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                failures += 1
+                self._restart_failing = why
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                say(f"mplog: restarting the listener failed ({why}); next try in {delay} s")
+            else:
+                failures = 0
+                self._restart_failing = None
+                self.restarts += 1
+                continue
             if wait([self._wake_r], timeout=delay):
                 return
 
@@ -745,6 +761,7 @@ class Pipeline:
             self._supervisor.join(left())
         self._uninstall()
         proc = self._proc
+        was_alive = proc is not None and proc.is_alive()
         before = self._board_snapshot(proc.pid) if proc is not None else None
         final: dict[str, Any] | None = None
         try:
@@ -768,7 +785,7 @@ class Pipeline:
                     f"stopped (counted in dropped)"
                 )
         else:
-            self._absorb_dead_listener_at_stop(proc, before, why, timeout)
+            self._absorb_dead_listener_at_stop(proc, before, why, timeout, was_alive)
         path = pathlib.Path(self.address)
         if path.is_socket():
             path.unlink(missing_ok=True)
@@ -784,7 +801,8 @@ class Pipeline:
             self._stopped = True
 
     def _absorb_dead_listener_at_stop(
-        self, proc: Any, last: dict[str, Any] | None, why: str, timeout: float
+        self, proc: Any, last: dict[str, Any] | None, why: str, timeout: float,
+        was_alive: bool = True,
     ) -> None:
         with self._stats_lock:
             base = _add_counters(self._base, last or {})
@@ -800,10 +818,20 @@ class Pipeline:
             base["restarts"] = self.restarts
             self._final_stats = base
         pid = getattr(proc, "pid", None)
-        say(
-            f"mplog: the listener (pid {pid}) did not stop within {timeout} s ({why}) and was "
-            f"killed; {held} records it held were not delivered (counted in dropped)"
-        )
+        if was_alive:
+            say(
+                f"mplog: the listener (pid {pid}) did not stop within {timeout} s ({why}) and "
+                f"was killed; {held} records it held were not delivered (counted in dropped)"
+            )
+        else:
+            # It died before stop() (its death, and what it held, were said then); the
+            # restart under way, or failing, was given up.
+            say(
+                f"mplog: stopped while the listener was down (pid {pid} had exited with code "
+                f"{getattr(proc, 'exitcode', None)}; its restart was given up)"
+                + (f"; {held} records it held were not delivered (counted in dropped)"
+                   if held else "")
+            )
 
     def _uninstall(self) -> None:
         if self._handler is None:

@@ -1469,3 +1469,41 @@ def test_a_daemon_that_detached_after_start_is_told_the_pipeline_is_gone(tmp_pat
         " is gone (stopped, or the process that started it exited; a daemon calls start() "
         f"after it detaches); record not delivered: WARNING app: daemon {i}" in line
         for i, line in enumerate(said)), said
+
+
+OUT_OF_FDS_AT_RESTART = """
+import logging, os, resource, signal, sys, time
+import mplog
+
+if __name__ == "__main__":
+    p = mplog.start([logging.FileHandler(sys.argv[1])], level="INFO")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 1, hard))
+    os.kill(p.pid, signal.SIGKILL)  # and the restart finds this process out of descriptors
+    deadline = time.monotonic() + 30
+    while "Too many open files" not in str(p.stats().get("listener_down")):
+        assert time.monotonic() < deadline, p.stats()
+        time.sleep(0.05)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # descriptors again
+    while p.restarts == 0:
+        assert time.monotonic() < deadline + 30, "the listener was never restarted"
+        time.sleep(0.05)
+    logging.getLogger("app").warning("after the restart")
+    print(p.flush(10), p.restarts, flush=True)
+    p.stop()
+"""
+
+
+def test_a_restart_that_finds_the_process_out_of_descriptors_is_tried_again(tmp_path: pathlib.Path) -> None:
+    # The supervisor caught only ConfigError: an OSError of the restart (EMFILE from
+    # os.pipe() in multiprocess's spawn) ended its thread, and the pipeline never had a
+    # listener again. stats() raised the same OSError instead of saying the listener is down.
+    out = tmp_path / "app.log"
+    script = tmp_path / "out_of_fds.py"
+    script.write_text(OUT_OF_FDS_AT_RESTART)
+    run = _run_script(OUT_OF_FDS_AT_RESTART, str(out), path=script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["True 1"], run.stdout
+    assert "restarting the listener failed (OSError: [Errno 24] Too many open files)" in run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert out.read_text().splitlines() == ["after the restart"]

@@ -5,6 +5,7 @@ intake socket and the dead listener had not yet read."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
@@ -12,6 +13,7 @@ import pathlib
 import signal
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -256,3 +258,35 @@ def test_a_restart_that_fails_after_it_bound_keeps_the_workers_records(
     err = capfd.readouterr().err
     assert "restarting the listener failed" in err
     assert "record not delivered" not in err, err
+
+
+def _slow_to_restart(flag: str) -> list[logging.Handler]:
+    if os.path.exists(flag):
+        time.sleep(30)  # a restart that takes long (a loaded machine, a slow handler)
+    return [logging.NullHandler()]
+
+
+def test_stop_while_the_listener_is_being_restarted_keeps_to_its_timeout(
+    tmp_path: pathlib.Path, start_pipeline, capfd
+) -> None:
+    # The supervisor held the pipeline's lock while it waited for the new listener to be
+    # ready (up to start_timeout), and stop() takes that lock first: stop(timeout=1.0)
+    # took 6.8 s in a probe with a 7 s restart, and as long as the restart in general.
+    flag = tmp_path / "slow"
+    p = start_pipeline(functools.partial(_slow_to_restart, str(flag)))
+    flag.write_text("")
+    old = p.pid
+    os.kill(old, signal.SIGKILL)
+
+    def restarting() -> bool:
+        import psutil
+
+        return any(c.pid != old and c.name() == "mplog-listener" for c in psutil.Process().children())
+
+    wait_until(restarting, 30, "the new listener to be starting")
+    t0 = time.monotonic()
+    p.stop(timeout=1.0)
+    took = time.monotonic() - t0
+    assert took < 1.0 + 2.0, took
+    assert "its restart was given up" in capfd.readouterr().err
+    assert p.restarts == 0

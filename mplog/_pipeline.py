@@ -63,6 +63,9 @@ _START_METHODS = ("spawn", "forkserver", "fork")
 STOP_MARGIN = 1.5
 #: How long stats() waits for the listener's answer before it reads the shared board.
 STATS_TIMEOUT = 2.0
+#: How long stats() waits for a listener being restarted to answer, before it describes the
+#: pipeline by the dead listeners' counters (``stale``, ``listener_down``).
+STATS_RESTART_WAIT = 10.0
 #: How long stop() waits for multiprocess's resource tracker to end.
 TRACKER_WAIT = 0.5
 #: Stats keys that are a state now, not a count since the start; every other int key
@@ -684,11 +687,12 @@ class Pipeline:
         A listener that is alive but does not answer (a handler is stuck) is described by
         the counters it last published, with ``stale=True``; while the supervisor cannot
         start a new one (its handlers fail to build), by those of the listeners that
-        died, at once, with ``stale=True`` and ``listener_down`` saying why.
+        died, at once, with ``stale=True`` and ``listener_down`` saying why; while a
+        restart is under way, the same after up to 10 s (it raised ``MplogError`` then).
         """
         if self._final_stats is not None:
             return cast(Stats, dict(self._final_stats, restarts=self.restarts))
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + STATS_RESTART_WAIT
         while True:
             try:
                 live = self._ask_stats(timeout=STATS_TIMEOUT)
@@ -704,7 +708,11 @@ class Pipeline:
                     if snap is not None:
                         return cast(Stats, dict(self._merged(snap), stale=True))
                 if time.monotonic() >= deadline:
-                    raise
+                    if proc is None or proc.is_alive():
+                        raise  # alive, and nothing published: nothing to describe it by
+                    why = (f"being restarted (the listener, pid {proc.pid}, exited with code "
+                           f"{proc.exitcode}; the new one is not ready yet)")
+                    return cast(Stats, dict(self._merged(None), stale=True, listener_down=why))
                 time.sleep(0.05)  # the listener is being restarted; ask again
         return cast(Stats, self._merged(live))
 
@@ -726,14 +734,21 @@ class Pipeline:
         # its own 5 s here, whatever *timeout* said.
         if self._handler is not None and not self._handler.queue.drain(timeout):
             return False
-        left = max(0.0, deadline - time.monotonic())
-        try:
-            reply = control_request(
-                self.address, {"op": "flush", "timeout": left}, timeout=left + 2.0
-            )
-        except MplogError:
-            return False
-        return bool(reply.get("ok"))
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                reply = control_request(
+                    self.address, {"op": "flush", "timeout": left}, timeout=left + 2.0
+                )
+            except MplogError:
+                proc = self._proc
+                if self._stopped or left <= 0 or proc is None or proc.is_alive():
+                    return False  # out of time, or alive and it did not answer in time
+                # Being restarted (or a restart failing): ask the next listener. It
+                # returned False at once, while waiting would have made it True.
+                time.sleep(min(0.05, left))
+                continue
+            return bool(reply.get("ok"))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Drain, flush and end the listener; idempotent. Leaves nothing behind.

@@ -260,14 +260,14 @@ def test_a_restart_that_fails_after_it_bound_keeps_the_workers_records(
     assert "record not delivered" not in err, err
 
 
-def _slow_to_restart(flag: str) -> list[logging.Handler]:
+def _slow_to_restart(flag: str, seconds: float = 30.0, out: str | None = None) -> list[logging.Handler]:
     if os.path.exists(flag):
-        time.sleep(30)  # a restart that takes long (a loaded machine, a slow handler)
-    return [logging.NullHandler()]
+        time.sleep(seconds)  # a restart that takes long (a loaded machine, a slow handler)
+    return [logging.NullHandler() if out is None else logging.FileHandler(out)]
 
 
 def test_stop_while_the_listener_is_being_restarted_keeps_to_its_timeout(
-    tmp_path: pathlib.Path, start_pipeline, capfd
+    tmp_path: pathlib.Path, start_pipeline, capfd, monkeypatch
 ) -> None:
     # The supervisor held the pipeline's lock while it waited for the new listener to be
     # ready (up to start_timeout), and stop() takes that lock first: stop(timeout=1.0)
@@ -284,9 +284,28 @@ def test_stop_while_the_listener_is_being_restarted_keeps_to_its_timeout(
         return any(c.pid != old and c.name() == "mplog-listener" for c in psutil.Process().children())
 
     wait_until(restarting, 30, "the new listener to be starting")
+    # stats() meanwhile: it waited 10 s for the new listener and then raised MplogError;
+    # past its wait (shortened here) it describes the pipeline by the dead one's counters.
+    monkeypatch.setattr(mplog._pipeline, "STATS_RESTART_WAIT", 0.5, raising=False)
+    st = p.stats()
+    assert st.get("stale") is True and "being restarted" in str(st.get("listener_down")), st
     t0 = time.monotonic()
     p.stop(timeout=1.0)
     took = time.monotonic() - t0
     assert took < 1.0 + 2.0, took
     assert "its restart was given up" in capfd.readouterr().err
     assert p.restarts == 0
+
+
+def test_flush_waits_for_a_listener_being_restarted(tmp_path: pathlib.Path, start_pipeline) -> None:
+    # flush() during a restart returned False at once (the control request was refused),
+    # where waiting within its timeout gives True, and the record written.
+    flag, out = tmp_path / "slow", tmp_path / "app.log"
+    p = start_pipeline(functools.partial(_slow_to_restart, str(flag), 3.0, str(out)))
+    logging.getLogger(LOGGER).warning("handled before the kill")
+    assert p.flush(10)
+    flag.write_text("")
+    os.kill(p.pid, signal.SIGKILL)
+    assert p.flush(30) is True
+    assert p.restarts == 1
+    assert out.read_text().splitlines() == ["handled before the kill"]

@@ -741,11 +741,13 @@ class Pipeline:
                     self.address, {"op": "flush", "timeout": left}, timeout=left + 2.0
                 )
             except MplogError:
-                proc = self._proc
-                if self._stopped or left <= 0 or proc is None or proc.is_alive():
-                    return False  # out of time, or alive and it did not answer in time
-                # Being restarted (or a restart failing): ask the next listener. It
-                # returned False at once, while waiting would have made it True.
+                left = deadline - time.monotonic()
+                if self._stopped or left <= 0:
+                    return False  # (a request that timed out ends here: timeout + 2 s)
+                # Refused: being restarted (or a restart failing), so ask the next
+                # listener; it returned False at once, where waiting made it True. (Not
+                # decided by the old process's state: just after a SIGKILL it may still
+                # look alive. A listener that does not answer used up the time above.)
                 time.sleep(min(0.05, left))
                 continue
             return bool(reply.get("ok"))
@@ -817,7 +819,7 @@ class Pipeline:
 
     def _absorb_dead_listener_at_stop(
         self, proc: Any, last: dict[str, Any] | None, why: str, timeout: float,
-        was_alive: bool = True,
+        was_alive: bool,
     ) -> None:
         with self._stats_lock:
             base = _add_counters(self._base, last or {})

@@ -191,7 +191,7 @@ if __name__ == "__main__":
     deadline = time.monotonic() + 30
     while p.stats()["received"] < 1:  # the listener is in the stuck handler from here
         assert time.monotonic() < deadline, "the record did not reach the listener"
-        time.sleep(0.02)
+        time.sleep(0.02)  # polling the condition above, which has its deadline
     print(p.pid, p.address, flush=True)
     threading.Event().wait(120)
 """
@@ -1483,11 +1483,11 @@ if __name__ == "__main__":
     deadline = time.monotonic() + 30
     while "Too many open files" not in str(p.stats().get("listener_down")):
         assert time.monotonic() < deadline, p.stats()
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling the condition above, which has its deadline
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # descriptors again
     while p.restarts == 0:
         assert time.monotonic() < deadline + 30, "the listener was never restarted"
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling the supervisor's counter, with its deadline
     logging.getLogger("app").warning("after the restart")
     print(p.flush(10), p.restarts, flush=True)
     p.stop()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 from hypothesis import given
@@ -84,3 +85,28 @@ def test_feed_frames_returns_whole_frames_across_any_split() -> None:
         for i in range(0, len(stream), cut):
             got += s.feed_frames(stream[i : i + cut])
         assert got == frames and s.pending == 0
+
+
+def test_a_large_frame_over_many_small_reads_is_joined_once() -> None:
+    # Each piece of a frame still incomplete is appended, not copied with all the
+    # pieces before it: 16 MiB in 512-byte reads is 32,768 feeds. Joined afresh on every
+    # feed it would copy 256 GiB (40 s here); appended, it takes 0.1 s.
+    body = bytes(range(256)) * (16 * 4096)
+    stream = frame(body) + frame(b"next")
+    s = FrameSplitter(max_frame=len(body))
+    got: list[bytes] = []
+    t0 = time.perf_counter()
+    for i in range(0, len(stream), 512):
+        got += s.feed_frames(stream[i : i + 512])
+    elapsed = time.perf_counter() - t0
+    assert got == [frame(body), frame(b"next")]
+    assert elapsed < 5, f"{elapsed:.1f} s: the pending bytes are copied on every feed"
+
+
+def test_frames_are_bytes_whatever_buffer_they_were_fed_in() -> None:
+    data = frame(b"one") + frame(b"two")
+    for kind in (bytes, bytearray, memoryview):
+        s = FrameSplitter()
+        out = s.feed(kind(data[:5])) + s.feed(kind(data[5:]))
+        assert out == [b"one", b"two"]
+        assert all(type(b) is bytes for b in out)

@@ -1122,7 +1122,40 @@ def bind(address: str, owner: tuple[int, int] | None = None) -> socket.socket:
     except OSError:
         s.close()
         raise
+    if temporary != address:
+        _remove_leftovers(head, tail)
     return s
+
+
+def _remove_leftovers(head: str, tail: str) -> None:
+    """Unlink the temporary socket files (``.<tail>.<pid>``) of listeners killed between
+    their bind and their rename: a socket file whose process is gone, beside *tail*. A
+    name whose pid is alive is another listener's moment between the two; anything that
+    is not a socket is not ours, and stays."""
+    prefix = f".{tail}."
+    try:
+        names = [n for n in os.listdir(head or ".") if n.startswith(prefix)]
+    except OSError:
+        return  # an unreadable directory: nothing we can tidy
+    for name in names:
+        pid = name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        path = os.path.join(head, name)
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process *pid* exists (under any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 #: sizeof(sun_path) on Linux: a Unix socket address (with its terminating NUL) fits in it.

@@ -29,7 +29,7 @@ from typing import Any
 
 from . import _autojoin, _poll
 from ._errors import ConfigError
-from ._intake import IDLE_TICK, ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind
+from ._intake import IDLE_TICK, ORPHAN_CLOSE_TIMEOUT, IntakeServer, bind, pid_alive
 from ._proctitle import set_listener_title
 from ._stderr import say
 from .handlers import QueueListener, SocketHandler
@@ -157,16 +157,6 @@ def build_handlers(payload: bytes) -> list[logging.Handler]:
     if not isinstance(obj, (list, tuple)) or not all(isinstance(h, logging.Handler) for h in obj):
         raise ValueError(f"handlers must be logging.Handler instances, got {obj!r}")
     return list(obj)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Watchdog:
@@ -304,7 +294,7 @@ def main(cfg: ListenerConfig, ready: Any) -> None:
         starter_fd = os.pidfd_open(starter_pid)
     except OSError:  # gone already, or a kernel without pidfd (< 5.3): getppid() only
         starter_fd = -1
-        if not _alive(starter_pid):
+        if not pid_alive(starter_pid):
             return
     _raise_fd_limit()
     watchdog = _Watchdog(cfg, starter_fd)

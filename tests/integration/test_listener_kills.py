@@ -11,7 +11,9 @@ import multiprocessing
 import os
 import pathlib
 import signal
+import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -216,6 +218,43 @@ def test_a_restarted_listener_replaces_the_socket_file_without_a_moment_of_none(
     assert not gone, seen
     assert sum(e == (_DirectoryEvents.MOVED_TO, name) for e in seen) == 3, seen
     receiver.wait_records(1, 30)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_listener_tidies_the_temporary_socket_files_of_killed_listeners(
+    tmp_path: pathlib.Path, receiver, start_pipeline
+) -> None:
+    # A listener SIGKILLed between its bind and its rename leaves its temporary socket file
+    # (.<name>.<pid>) beside a user-chosen address: the next listener there removes it,
+    # and only it: not one whose process is alive, not anything that is not a socket.
+    address = str(tmp_path / "app.sock")
+    left = tmp_path / f".app.sock.{_dead_pid()}"
+    alive = tmp_path / f".app.sock.{os.getpid()}"
+    not_ours = tmp_path / f".app.sock.{_dead_pid()}x"
+    plain = tmp_path / f".app.sock.{_dead_pid()}"
+    for path in (left, alive, not_ours):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(path))  # a socket file that outlives its socket, as a SIGKILL leaves it
+        s.close()
+    plain.write_text("a user's file")
+    p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)], address=address)
+    assert not left.exists()
+    assert alive.exists() and not_ours.exists() and plain.read_text() == "a user's file"
+    # ... and so does a restarted one (the supervisor's), for a file left meanwhile.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(left))
+    s.close()
+    pid = p.pid
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: p.pid != pid, 60, "a new listener")
+    assert not left.exists()
+    assert sorted(n.name for n in tmp_path.iterdir() if "app.sock" in n.name) == sorted(
+        ["app.sock", alive.name, not_ours.name, plain.name])
 
 
 def _log_then_wait(address: str, logged: Any, done: Any) -> None:

@@ -306,6 +306,44 @@ def test_start_checks_every_option(kwargs: dict[str, object], message: str, monk
     assert root.handlers == before and mplog.ENV_ADDRESS not in os.environ
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to become another user")
+def test_worker_user_in_a_process_that_is_not_root_is_a_config_error() -> None:
+    # Only root may give the intake socket to another user: a process running as nobody
+    # gets a ConfigError saying so, at start(), not a listener it cannot set up.
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    # The same check, failing one step earlier, here: it imports what start() imports up
+    # to it, which nobody could not (this machine's interpreter lies under a 0700 /root).
+    with pytest.raises(mplog.ConfigError, match="no such user"):
+        mplog.start([logging.NullHandler()], worker_user="no-such-user-here")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become nobody, then start() as a program would
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                mplog.start([logging.NullHandler()], worker_user="root")
+                said = "no error"
+            except mplog.ConfigError as exc:
+                said = f"ConfigError: {exc}"
+            except BaseException as exc:
+                said = f"{type(exc).__name__}: {exc}"
+            os.write(w, said.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        said = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert said == ("ConfigError: worker_user='root': only root can give the intake socket "
+                    f"to another user (this process runs as uid {nobody.pw_uid})"), said
+
+
 def test_worker_init_with_a_typo_fails_at_once(tmp_path: pathlib.Path) -> None:
     root = logging.getLogger()
     before = list(root.handlers)

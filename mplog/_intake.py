@@ -195,6 +195,32 @@ def _register_exit_drain() -> None:
             return  # the interpreter is already shutting down: atexit still runs it
 
 
+#: A worker's intake descriptors are moved to the lowest free number from here (or half
+#: the soft RLIMIT_NOFILE, if that is lower): see _move_high. Below select()'s limit
+#: (1024), so they are still waited for with select() where _poll would (gevent).
+HIGH_FD = 512
+
+
+def _move_high(fd: int, close: bool = True) -> int:
+    """A duplicate of *fd* (close-on-exec) at a number at or above HIGH_FD, *fd* closed
+    if *close*; *fd* itself if there is no such room. A process that closes every
+    descriptor behind mplog's back (``os.closerange(3, ...)``, as daemonizing code does)
+    and then opens files gets the low numbers again: a write into the record pipe at a
+    low number would go into one of those files. At a high number it is seldom reused,
+    and the next write fails (EBADF) instead, which reconnects."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    floor = HIGH_FD if soft == resource.RLIM_INFINITY else min(HIGH_FD, soft // 2)
+    if fd >= floor:
+        return fd
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    except OSError:  # none free up there: the low number serves as before
+        return fd
+    if close:
+        os.close(fd)
+    return high
+
+
 def _file_id(fd: int) -> tuple[int, int] | None:
     """What *fd* is open on, as (st_dev, st_ino); None if it is not open."""
     try:
@@ -498,6 +524,7 @@ class IntakeClient:
         except OSError:  # out of file descriptors: the socket carries the records
             _sigpipe.send_all(s, HELLO)
             return -1
+        w = _move_high(w)
         try:
             if _F_SETPIPE_SZ is not None:
                 # Refused over the user's pipe-user-pages budget: the kernel's default
@@ -557,6 +584,10 @@ class IntakeClient:
             # outage, so not waited out in the log call (see _send_locked).
             self._no_fds = True
             return None
+        high = _move_high(s.fileno(), close=False)
+        if high != s.fileno():
+            s.close()
+            s = socket.socket(fileno=high)
         try:
             # Room for bursts: a worker blocks (and pays for the context switches) only
             # when the listener is this far behind.

@@ -727,3 +727,37 @@ def test_the_listener_takes_the_hard_fd_limit() -> None:
     assert r.returncode == 0, r.stderr
     got, hard = map(int, r.stdout.split())
     assert hard > 256 and got == hard, r.stdout
+
+
+def test_a_worker_that_closes_every_descriptor_and_opens_files_gets_no_records_in_them(
+    tmp_path: pathlib.Path, start_pipeline
+) -> None:
+    # Daemonizing code closes every descriptor (os.closerange) and opens its own files,
+    # which get the lowest numbers: the numbers mplog's record pipe and socket had. A
+    # write there went into the user's file (202 bytes of a record in one run). The
+    # intake's descriptors now sit at high numbers, so the next write fails and
+    # reconnects instead; every record still arrives.
+    log_path = tmp_path / "app.log"
+    p = start_pipeline([logging.FileHandler(log_path)], level=logging.INFO)
+    files = [tmp_path / f"user-{i}.dat" for i in range(30)]
+    pid = os.fork()
+    if pid == 0:
+        try:
+            log = logging.getLogger("daemon")
+            for i in range(50):
+                log.info("before closerange %d", i)
+            os.closerange(3, 4096)
+            opened = [open(f, "wb") for f in files]  # noqa: SIM115 - closed below
+            log.info("after closerange")
+            logging.getLogger().handlers[-1].flush()  # mplog's: wait for the listener
+            for f in opened:
+                f.close()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert p.flush(30)
+    written = {f.name: f.read_bytes() for f in files if f.stat().st_size}
+    assert not written, written
+    lines = log_path.read_text().splitlines()
+    assert set(lines) == {f"before closerange {i}" for i in range(50)} | {"after closerange"}

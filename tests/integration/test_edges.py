@@ -749,7 +749,8 @@ def test_a_worker_that_closes_every_descriptor_and_opens_files_gets_no_records_i
             os.closerange(3, 4096)
             opened = [open(f, "wb") for f in files]  # noqa: SIM115 - closed below
             log.info("after closerange")
-            logging.getLogger().handlers[-1].flush()  # mplog's: wait for the listener
+            mine = [h for h in logging.getLogger().handlers if isinstance(h, mplog.QueueHandler)]
+            mine[0].flush()  # wait for the listener to have them
             for f in opened:
                 f.close()
         finally:

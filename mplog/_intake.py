@@ -196,8 +196,8 @@ def _register_exit_drain() -> None:
 
 
 #: A worker's intake descriptors are moved to the lowest free number from here (or half
-#: the soft RLIMIT_NOFILE, if that is lower): see _move_high. Below select()'s limit
-#: (1024), so they are still waited for with select() where _poll would (gevent).
+#: the soft RLIMIT_NOFILE, if that is lower): see _move_high. Kept below select()'s limit
+#: (1024), so _poll still waits for them with select() (gevent's poll() is unsafe at exit).
 HIGH_FD = 512
 
 
@@ -208,8 +208,7 @@ def _move_high(fd: int, close: bool = True) -> int:
     and then opens files gets the low numbers again: a write into the record pipe at a
     low number would go into one of those files. At a high number it is seldom reused,
     and the next write fails (EBADF) instead, which reconnects."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    floor = HIGH_FD if soft == resource.RLIM_INFINITY else min(HIGH_FD, soft // 2)
+    floor = min(HIGH_FD, _fd_limit() // 2)
     if fd >= floor:
         return fd
     try:

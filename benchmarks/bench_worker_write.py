@@ -10,16 +10,13 @@ system time: the write's system call is in it), summed over the workers, per cal
 - ``fmt-only``: a handler that formats each record and drops it (the floor);
 - ``encode-only``: a handler that does what mplog's ``QueueHandler`` does before it
   writes (``encode_pickle``, the relay-mode frame) and drops the frame;
-- ``mplog-pipe``: ``mplog.worker_init(address)``: the record pipe (the default);
+- ``mplog-ring``: ``mplog.worker_init(address)``: the record ring (the default on x86-64
+  Linux: a memory copy per record, no system call);
+- ``mplog-pipe``: the same with ``MPLOG_INTAKE_RING=0``: one write into the record pipe;
 - ``mplog-socket``: the same with ``MPLOG_INTAKE_PIPE=0``: records on the Unix socket.
-- ``ring-proto``: a **prototype**, not mplog: what ``mplog-pipe`` does (encode, a lock, a
-  copy kept for a resend), but the frame is copied into a shared-memory ring per worker
-  (an anonymous shared ``mmap`` made before the fork) that a thread of this process
-  empties every millisecond, as the listener's 1 ms nap would. No system call per
-  record; no wake-up protocol, no crash handling: the least a ring would cost in place.
 
-``mplog-pipe`` minus ``encode-only`` is what the hand-off costs a worker among busy
-processes, which is what decides the worker goal of issue 12; ``bench_handoff.py``
+``mplog-ring`` (or ``mplog-pipe``) minus ``encode-only`` is what the hand-off costs a
+worker among busy processes, which is what decides the worker goal of issue 12; ``bench_handoff.py``
 measures the same write alone in one process, where it is several times cheaper.
 This is a measurement, not a test.
 """
@@ -28,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import mmap
 import multiprocessing
 import os
 import socket
@@ -45,9 +41,9 @@ from mplog._record import encode_pickle
 
 MESSAGE = "request %d handled in %.3f ms"
 FMT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-KINDS = ("fmt-only", "encode-only", "mplog-pipe", "mplog-socket", "ring-proto")
-RING = 1 << 18  # 256 KiB per worker, as a pipe's
-HEAD = 128  # write position (u64) at 0, read position at 64: separate cache lines
+KINDS = ("fmt-only", "encode-only", "mplog-ring", "mplog-pipe", "mplog-socket")
+#: What each mplog kind sets in the environment its workers connect with.
+ENV = {"mplog-pipe": ("MPLOG_INTAKE_RING", "0"), "mplog-socket": ("MPLOG_INTAKE_PIPE", "0")}
 
 
 class _FormatOnly(logging.Handler):
@@ -64,61 +60,6 @@ class _EncodeOnly(logging.Handler):
         raise AssertionError("handle() does not call emit()")
 
 
-class _RingWrite(logging.Handler):
-    """The prototype's worker side: a single-producer ring in a shared mapping."""
-
-    def __init__(self, ring: mmap.mmap) -> None:
-        super().__init__()
-        self.ring = ring
-        self.pos = memoryview(ring)[:HEAD].cast("Q")  # aligned 8-byte loads and stores
-        self.w = 0
-        self.kept: list[bytes] = []  # what IntakeClient keeps for a resend
-        self.write_lock = threading.RLock()  # as IntakeClient: re-entrant
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        frame = encode_pickle(record)
-        n = len(frame)
-        lock = self.write_lock
-        lock.acquire()
-        try:
-            w = self.w
-            while w + n - self.pos[8] > RING:  # full: the reader is behind
-                time.sleep(0.0002)
-            off = w & (RING - 1)
-            end = off + n
-            if end <= RING:
-                self.ring[HEAD + off : HEAD + end] = frame
-            else:
-                k = RING - off
-                self.ring[HEAD + off : HEAD + RING] = frame[:k]
-                self.ring[HEAD : HEAD + n - k] = frame[k:]
-            self.w = w + n
-            self.pos[0] = w + n  # publish
-            self.kept.append(frame)
-            if len(self.kept) > 4096:
-                self.kept.clear()  # "acknowledged"
-        finally:
-            lock.release()
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        raise AssertionError("handle() does not call emit()")
-
-
-def _drain_rings(rings: list[mmap.mmap], stop: threading.Event) -> None:
-    """The prototype's reader: every millisecond, copy out what each ring holds."""
-    views = [memoryview(m)[:HEAD].cast("Q") for m in rings]
-    while not stop.is_set():
-        for m, pos in zip(rings, views, strict=True):
-            w, r = pos[0], pos[8]
-            if w == r:
-                continue
-            a, b = r & (RING - 1), w & (RING - 1)
-            _ = m[HEAD + a : HEAD + b] if a < b else m[HEAD + a : HEAD + RING] + m[HEAD : HEAD + b]
-            pos[8] = w
-        time.sleep(0.001)
-
-
 def _sink(srv: socket.socket) -> None:
     while True:
         c, _ = srv.accept()
@@ -126,17 +67,13 @@ def _sink(srv: socket.socket) -> None:
                          daemon=True).start()
 
 
-def _worker(kind: str, address: str, n: int, ready: Any, go: Any, out: Any,
-            ring: mmap.mmap | None = None) -> None:
+def _worker(kind: str, address: str, n: int, ready: Any, go: Any, out: Any) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     root.setLevel(logging.INFO)
     if kind.startswith("mplog"):
         mplog.worker_init(address, level=logging.INFO)
-    elif kind == "ring-proto":
-        assert ring is not None
-        root.addHandler(_RingWrite(ring))
     elif kind == "fmt-only":
         h = _FormatOnly()
         h.setFormatter(logging.Formatter(FMT))
@@ -158,30 +95,23 @@ def _worker(kind: str, address: str, n: int, ready: Any, go: Any, out: Any,
 def _run(kind: str, address: str, workers: int, records: int) -> float:
     ctx = multiprocessing.get_context("fork")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    rings = [mmap.mmap(-1, HEAD + RING) for _ in range(workers)] if kind == "ring-proto" else []
-    stop = threading.Event()
-    reader = threading.Thread(target=_drain_rings, args=(rings, stop), daemon=True)
-    if rings:
-        reader.start()
-    if kind == "mplog-socket":
-        os.environ["MPLOG_INTAKE_PIPE"] = "0"  # read by each worker when it connects
+    env = ENV.get(kind)
+    if env is not None:
+        os.environ[env[0]] = env[1]  # read by each worker when it connects
     try:
-        procs = [ctx.Process(target=_worker, args=(kind, address, records, ready, go, out,
-                                                   rings[i] if rings else None))
-                 for i in range(workers)]
+        procs = [ctx.Process(target=_worker, args=(kind, address, records, ready, go, out))
+                 for _ in range(workers)]
         for p in procs:
             p.start()
     finally:
-        os.environ.pop("MPLOG_INTAKE_PIPE", None)
+        if env is not None:
+            os.environ.pop(env[0], None)
     for _ in procs:
         ready.get(timeout=60)
     go.set()
     cpu: float = sum(out.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(60)
-    stop.set()
-    if rings:
-        reader.join(10)
     return cpu / (records * workers) * 1e6
 
 
@@ -209,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {kind:13s} " + " ".join(f"{v:6.2f}" for v in values)
               + f"   median {statistics.median(values):6.2f}")
     enc = statistics.median(got["encode-only"])
-    for kind in ("mplog-pipe", "mplog-socket", "ring-proto"):
+    for kind in ("mplog-ring", "mplog-pipe", "mplog-socket"):
         write = statistics.median(got[kind]) - enc
         print(f"the write, {kind}: {write:.2f} µs per call "
               f"({write / statistics.median(got['fmt-only']):.0%} of the floor)")

@@ -4,11 +4,13 @@ listener's selector server.
 Rules this module keeps (client):
 
 - One Unix stream connection per process, opened lazily. Its first message hands the
-  listener the read end of a pipe; every record is then one ``write`` into that pipe,
-  under a per-connection lock, before ``emit()`` returns: nothing waits in the worker, so
-  ``os._exit`` or SIGKILL right after a log call loses nothing. (A pipe write costs half
-  a Unix socket send; the socket carries the greeting, the acknowledgements and control
-  messages. Without a pipe, records go on the socket, as they did before.)
+  listener the read end of a pipe and, on x86-64 Linux, a record ring (``_ring``: shared
+  memory); every record is then copied into that ring (or, without one, one ``write``
+  into the pipe), under a per-connection lock, before ``emit()`` returns: nothing waits
+  in the worker, so ``os._exit`` or SIGKILL right after a log call loses nothing. (A
+  ring write is a memory copy, no system call; a pipe write costs half a Unix socket
+  send. With a ring the pipe only wakes the listener; the socket carries the greeting,
+  the acknowledgements and control messages. Without a pipe, records go on the socket.)
 - Fork safety: ``os.register_at_fork`` gives every child fresh locks and no inherited
   connection (a child never shares a socket, or a half-written frame, with its parent).
 - A listener that cannot be reached (being restarted) is retried for a bounded time per
@@ -46,6 +48,7 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -66,6 +69,8 @@ from ._record import (
     is_record,
     make_record,
 )
+from ._ring import RING_TICK, Ring
+from ._ring import available as ring_available
 from ._stderr import say
 from ._text import iso_local
 
@@ -82,6 +87,11 @@ RETRY_INTERVAL = 0.02
 SEND_BUFFER = 1024 * 1024
 #: A send that makes no progress for this long is abandoned (the listener is stuck).
 SEND_TIMEOUT = 60.0
+#: With a record ring, how often (at most) a worker's log call asks its socket whether the
+#: listener is still there: a write into the ring of a dead one succeeds. Records written
+#: meanwhile are kept for a resend, as those in a dead listener's pipe are.
+LIVE_CHECK = 0.001
+_monotonic = time.monotonic
 #: Capacity asked for a worker's record pipe (the kernel default is 64 KiB; an unprivileged
 #: process may ask up to /proc/sys/fs/pipe-max-size, 1 MiB by default). Room for bursts:
 #: a worker waits only when the listener is this far behind.
@@ -266,6 +276,10 @@ class IntakeClient:
         self._sock: socket.socket | None = None
         #: The write end of the connection's record pipe; -1: records go on the socket.
         self._wfd = -1
+        #: The connection's record ring (the pipe then only wakes the listener), or None.
+        self._ring: Ring | None = None
+        #: With a ring: when the socket is next asked whether the listener is there.
+        self._live_at = 0.0
         #: What _sock and _wfd are (st_dev, st_ino), to close them only if still so.
         self._fd_ids: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None)
         self._pid = os.getpid()
@@ -324,34 +338,38 @@ class IntakeClient:
         #: its writes are made under _sigpipe.no_sigpipe(), off the fast path.
         self._guarded = False
 
-    def _read_acks(self, sock: socket.socket) -> None:
+    def _read_acks(self, sock: socket.socket) -> bool:
         """Forget the records the listener says it handled. Before the greeting: only
-        if something is there to read (see _connect on the wait otherwise)."""
+        if something is there to read (see _connect on the wait otherwise). False if
+        the listener is gone (EOF, or the socket broke)."""
         if not self._greeted:
             try:
                 if not _poll.readable([sock], 0):
-                    return
+                    return True
             except (OSError, ValueError):
-                return  # a closed socket: nothing to read
+                return False  # a closed socket: nothing to read
         data = self._ack_part
+        alive = True
         while True:
             try:
                 chunk = sock.recv(65536, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break  # nothing more to read now
             except OSError:
-                break  # a dead listener: what it acknowledged before dying was read above
+                alive = False  # a dead listener: what it acknowledged was read above
+                break
             data += chunk
             if len(chunk) < 65536:
+                alive = bool(chunk)
                 break
         if not self._greeted:
             if len(data) < len(GREETING) + 1:
                 self._ack_part = data
-                return
+                return alive
             if data[: len(GREETING) + 1] == GREETING + MODE_FULL:
                 self._full = True  # _connect gives this connection up
                 self._ack_part = b""
-                return
+                return alive
             self._greeted = True
             self.relay = data[: len(GREETING) + 1] == GREETING + MODE_PICKLE
             self._ack_every = ACK_READ_BYTES
@@ -378,6 +396,7 @@ class IntakeClient:
             self._ack_at = -1
         else:
             self._ack_at = self._retained_bytes + self._ack_every if self._greeted else 0
+        return alive
 
     def _read_acks_or_wait(self, sock: socket.socket) -> None:
         """Read the acknowledgements; if this process is more than RETAIN_WAIT bytes ahead
@@ -499,6 +518,9 @@ class IntakeClient:
         program opened since: that one must stay open."""
         sock, self._sock = self._sock, None
         wfd, self._wfd = self._wfd, -1
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()  # this process's mapping only (a forked child's copy, too)
         sock_id, pipe_id = self._fd_ids
         self._fd_ids = (None, None)
         if sock is not None:
@@ -509,23 +531,34 @@ class IntakeClient:
         if wfd >= 0 and _same_file(wfd, pipe_id):
             os.close(wfd)
 
-    def _open_pipe(self, s: socket.socket) -> int:
+    def _open_pipe(self, s: socket.socket) -> tuple[int, Ring | None]:
         """Send HELLO on the new connection *s* with the read end of a new pipe for the
-        records (SCM_RIGHTS); return its write end, or -1 if there is no pipe (records
-        then go on the socket). Raises OSError if *s* broke."""
+        records (SCM_RIGHTS), and the memfd of a new record ring where rings work (the
+        pipe then only wakes the listener); return the pipe's write end and the ring.
+        (-1, None) if there is no pipe (records then go on the socket). Raises OSError if
+        *s* broke."""
         # A process that does not ignore SIGPIPE would be killed by a write into the pipe
         # of a listener that died: its records go on the socket (MSG_NOSIGNAL) instead.
         if os.environ.get("MPLOG_INTAKE_PIPE", "1") == "0" or not _sigpipe.ignored():
             _sigpipe.send_all(s, HELLO)
-            return -1
+            return -1, None
         try:
             r, w = os.pipe()  # both ends close-on-exec: an exec'd child holds neither
         except OSError:  # out of file descriptors: the socket carries the records
             _sigpipe.send_all(s, HELLO)
-            return -1
+            return -1, None
         w = _move_high(w)
+        ring: Ring | None = None
+        mfd = -1
+        if ring_available():
+            try:
+                ring, mfd = Ring.create()
+            except OSError:  # no memory or descriptor for it: the pipe carries records
+                ring = None
+            else:
+                ring.bell = w
         try:
-            if _F_SETPIPE_SZ is not None:
+            if ring is None and _F_SETPIPE_SZ is not None:
                 # Refused over the user's pipe-user-pages budget: the kernel's default
                 # capacity works too; the worker then waits for the listener sooner.
                 with contextlib.suppress(OSError):
@@ -533,16 +566,20 @@ class IntakeClient:
             # Non-blocking: a full pipe is waited for with a deadline (_write_rest), so a
             # stuck listener never blocks a worker for longer than send_timeout.
             os.set_blocking(w, False)
-            fds = array.array("i", [r])
+            fds = array.array("i", [r] if ring is None else [r, mfd])
             if s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)],
                          socket.MSG_NOSIGNAL) != len(HELLO):
                 raise OSError("the hello was cut short")
         except OSError:
             os.close(w)
+            if ring is not None:
+                ring.close()
             raise
         finally:
             os.close(r)  # the listener has its own copy now
-        return w
+            if mfd >= 0:
+                os.close(mfd)  # the mapping stays; a closerange cannot touch it
+        return w, ring
 
     def _write(self, frame: bytes) -> None:
         """Write *frame* whole on the current connection (its pipe, else its socket);
@@ -553,6 +590,13 @@ class IntakeClient:
             _sigpipe.send_all(self._sock, frame)
             return
         with _sigpipe.no_sigpipe() if self._guarded else contextlib.nullcontext():
+            ring = self._ring
+            if ring is not None:
+                if _monotonic() >= self._live_at:
+                    self._check_alive()  # see send()
+                if not ring.put(frame):
+                    self._ring_write_rest(ring, frame)
+                return
             try:
                 n = os.write(wfd, frame)
             except BlockingIOError:
@@ -573,6 +617,53 @@ class IntakeClient:
                 n += os.write(wfd, view[n:])
             except BlockingIOError:
                 continue
+
+    def _check_alive(self) -> None:
+        """Read the acknowledgements (and wait for them, as _read_acks_or_wait, if this
+        process is RETAIN_WAIT ahead); ConnectionResetError if the listener is gone."""
+        sock = self._sock
+        assert sock is not None
+        self._live_at = _monotonic() + LIVE_CHECK
+        # Asked first: under gevent a recv waits (cooperatively) even with MSG_DONTWAIT.
+        if _poll.readable([sock], 0) and not self._read_acks(sock):
+            raise ConnectionResetError("the listener closed the connection")
+        if self._retained_bytes > RETAIN_WAIT:
+            self._read_acks_or_wait(sock)
+
+    def _ring_write_rest(self, ring: Ring, frame: bytes) -> None:
+        """The ring has no room for *frame*: write it as the listener makes room (in
+        parts, if it is larger than the ring), for at most send_timeout. The listener,
+        asked for it (want_room), acknowledges once it took bytes, which wakes the poll
+        on the socket; OSError if the listener is gone (EOF there, or EPIPE on the bell)."""
+        sock = self._sock
+        assert sock is not None
+        view = memoryview(frame)
+        n = 0
+        deadline = time.monotonic() + self.send_timeout
+        pause = 0.001
+        while True:
+            n += ring.put_part(view[n:])
+            if n == len(frame):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the listener took no record for {self.send_timeout} s")
+            ring.want_room()
+            ring.ring_bell()
+            if ring.room():
+                continue  # made room meanwhile, perhaps before it saw want_room
+            # Also a bound on a wake-up lost to the store-load race (see _ring).
+            if not _poll.readable([sock], min(left, pause)):
+                pause = min(pause * 2, RING_TICK)
+                continue
+            try:
+                chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not chunk:
+                raise ConnectionResetError("the listener closed the connection")
+            self._ack_part += chunk
+            self._read_acks(sock)
 
     def _connect(self) -> socket.socket | None:
         self._denied = self._full = self._no_fds = False
@@ -603,7 +694,7 @@ class IntakeClient:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
             s.connect(self.address)
-            wfd = self._open_pipe(s)
+            wfd, ring = self._open_pipe(s)
         except OSError as exc:
             s.close()
             # Not an outage: waiting will not change it (a process that setuid() after
@@ -616,7 +707,8 @@ class IntakeClient:
         self._acked = 0
         self._unacked_base = 0
         self._ack_part = b""
-        self._sock, self._wfd = s, wfd  # _write and _disconnect work on them from here
+        self._sock, self._wfd, self._ring = s, wfd, ring  # _write and _disconnect use them
+        self._live_at = _monotonic() + LIVE_CHECK
         self._fd_ids = (_file_id(s.fileno()), _file_id(wfd) if wfd >= 0 else None)
         try:
             # The greeting says which format to write; it comes at once from a listener
@@ -635,7 +727,9 @@ class IntakeClient:
                 _sigpipe.send_all(s, report)
                 self._lost = 0
             # A new listener: first the records the old one may never have handled.
-            for f in self._retained:
+            # (A copy: a wait for room in a ring reads acknowledgements, which forget
+            # the oldest of them; what they count here is this connection's, from 0.)
+            for f in list(self._retained):
                 self._write(f)
         except (OSError, ValueError):
             self._disconnect()
@@ -643,9 +737,6 @@ class IntakeClient:
         except BaseException:
             self._abandon(None)  # interrupted inside a write: see _abandon
             raise
-        self._acked = 0
-        self._unacked_base = 0
-        self._ack_part = b""
         return s
 
     def check(self, who: str = "mplog.QueueHandler") -> None:
@@ -685,12 +776,24 @@ class IntakeClient:
                     # The common case, inlined (_write, without a call per record): a pipe
                     # with room, no acks to read yet.
                     try:
-                        try:
-                            n = os.write(wfd, frame)
-                        except BlockingIOError:
-                            n = 0
-                        if n != len(frame):
-                            self._write_rest(wfd, frame, n)
+                        ring = self._ring
+                        if ring is not None:
+                            # A write into a ring cannot fail when the listener died, as
+                            # one into its pipe does: ask the socket, at most every
+                            # LIVE_CHECK (a record written meanwhile is kept for a resend).
+                            # Before the write: an acknowledgement read after it, and
+                            # before the frame is retained, could count the frame.
+                            if _monotonic() >= self._live_at:
+                                self._check_alive()
+                            if not ring.put(frame):
+                                self._ring_write_rest(ring, frame)
+                        else:
+                            try:
+                                n = os.write(wfd, frame)
+                            except BlockingIOError:
+                                n = 0
+                            if n != len(frame):
+                                self._write_rest(wfd, frame, n)
                     except OSError:
                         # The listener went (or is stuck): this connection is done, as in
                         # _send_locked; a partial frame must not be followed by more bytes.
@@ -1301,7 +1404,7 @@ def _peer_pid(sock: socket.socket) -> int | None:
 class _Conn:
     __slots__ = (
         "ack_fresh", "ack_out", "ending", "fresh", "pid", "pipe", "pipe_splitter", "records",
-        "since", "sock", "splitter",
+        "ring", "since", "sock", "splitter",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -1312,6 +1415,9 @@ class _Conn:
         #: The read end of the worker's record pipe (-1: none; records come on the socket).
         self.pipe = -1
         self.pipe_splitter = FrameSplitter()
+        #: The worker's record ring, if its hello handed one over: its records are there,
+        #: and the pipe only wakes us (split by pipe_splitter, as the pipe's would be).
+        self.ring: Ring | None = None
         #: Record frames handled from this connection: acknowledged to the worker (so it
         #: can forget them), and shown by ``mplog top`` with who is writing.
         self.records = 0
@@ -1351,6 +1457,10 @@ class IntakeServer:
         self.conns: dict[socket.socket, _Conn] = {}
         #: Record pipes (read ends), each with the connection that handed it over.
         self.pipes: dict[int, socket.socket] = {}
+        #: The connections with a record ring: looked at every turn (see run).
+        self.rings: dict[socket.socket, _Conn] = {}
+        #: The last look at the rings found records: the next does not wait.
+        self._rings_busy = False
         self.received = 0
         self.bad_frames = 0
         self.torn_frames = 0
@@ -1419,7 +1529,26 @@ class IntakeServer:
                     self.sel.register(self.lsock, selectors.EVENT_READ, "accept")
                 else:
                     timeout = min(timeout, left)
-            for key, _ in self.sel.select(timeout):
+            rings = self.rings
+            asleep = False
+            if rings:
+                if self._rings_busy:
+                    timeout = 0
+                else:
+                    # Say so, then look once more: a worker that wrote before it saw the
+                    # flag is found here; one that wrote after rings the bell.
+                    asleep = True
+                    for conn in rings.values():
+                        conn.ring.sleep()  # type: ignore[union-attr]
+                    if any(conn.ring.pending() for conn in rings.values()):  # type: ignore[union-attr]
+                        timeout = 0
+                    else:
+                        timeout = min(timeout, RING_TICK)
+            events = self.sel.select(timeout)
+            if asleep:
+                for conn in rings.values():
+                    conn.ring.wake()  # type: ignore[union-attr]
+            for key, _ in events:
                 tag = key.data
                 if tag == "accept":
                     self._accept()
@@ -1429,6 +1558,8 @@ class IntakeServer:
                     self._read_pipe(key.fd)
                 else:
                     self._read(key.fileobj)  # type: ignore[arg-type]
+            if rings:
+                self._rings_busy = self._look_at_rings()
             if self._to_ack:
                 self._ack_all()
                 if self.nap:
@@ -1476,7 +1607,9 @@ class IntakeServer:
             self.accepted += 1
 
     def _fds_in_use(self) -> int:
-        return self._base_fds + len(self.conns) + len(self.pipes)
+        # Before Python 3.13 each ring's mmap object keeps a descriptor of its own.
+        held = len(self.rings) if sys.version_info < (3, 13) else 0
+        return self._base_fds + len(self.conns) + len(self.pipes) + held
 
     def _room_for_worker(self, taken: int) -> bool:
         """Whether one more worker connection (its socket already counted, *taken* of its
@@ -1494,6 +1627,10 @@ class IntakeServer:
 
     def _close_pipe(self, conn: _Conn) -> None:
         fd, conn.pipe = conn.pipe, -1
+        ring, conn.ring = conn.ring, None
+        if ring is not None:
+            del self.rings[conn.sock]
+            ring.close()
         if fd >= 0:
             del self.pipes[fd]
             self.sel.unregister(fd)
@@ -1525,16 +1662,23 @@ class IntakeServer:
         if not fds and not msg_flags & socket.MSG_CTRUNC:
             return data
         problem = None
-        if len(fds) != 1 or msg_flags & socket.MSG_CTRUNC:
-            problem = "sent more than one file descriptor"
+        ring = None
+        if len(fds) > 2 or msg_flags & socket.MSG_CTRUNC:
+            problem = "sent more than two file descriptors"
         else:
             try:
                 if not stat.S_ISFIFO(os.fstat(fds[0]).st_mode):
                     problem = "sent a file descriptor that is not a pipe"
                 else:
                     os.set_blocking(fds[0], False)
+                    if len(fds) == 2:
+                        ring = Ring.open(fds[1])
             except OSError as exc:
                 problem = f"sent an unusable file descriptor ({exc})"
+            except ProtocolError as exc:
+                problem = str(exc)
+        if len(fds) == 2:
+            os.close(fds.pop())  # the ring's memfd: its mapping is all we keep
         if problem is not None:
             for fd in fds:
                 os.close(fd)
@@ -1542,6 +1686,9 @@ class IntakeServer:
         conn.pipe = fds[0]
         self.pipes[conn.pipe] = sock
         self.sel.register(conn.pipe, selectors.EVENT_READ, "pipe")
+        if ring is not None:
+            conn.ring = ring
+            self.rings[sock] = conn
         return data
 
     def _read(self, sock: socket.socket, drain: bool = False) -> None:
@@ -1586,6 +1733,9 @@ class IntakeServer:
         conn = self.conns.get(sock) if sock is not None else None
         if sock is None or conn is None:
             return
+        if conn.ring is not None:
+            self._read_ring(sock, conn)
+            return
         while True:
             try:
                 data = os.read(fd, READ_SIZE)
@@ -1609,6 +1759,59 @@ class IntakeServer:
                 return
             if not drain and len(data) < READ_SIZE:
                 return
+
+    def _read_ring(self, sock: socket.socket, conn: _Conn) -> None:
+        """A ring's pipe is readable (wake-ups, or its end): take what the ring holds."""
+        ended = False
+        while True:
+            try:
+                if not os.read(conn.pipe, 4096):  # wake-up bytes: nothing in them
+                    ended = True
+                    break
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                ended = True
+                break
+        if not self._take_ring(sock, conn) or not ended:
+            return
+        # The pipe ended: as in _read_pipe, with what the ring held before it taken.
+        if _still_open(sock):
+            conn.pipe_splitter = FrameSplitter()  # a frame given up mid-write goes again
+        if not self._take(sock, conn, conn.pipe_splitter, b""):
+            return
+        self._close_pipe(conn)
+        conn.ending = True
+        self._last_count(sock, conn)
+
+    def _take_ring(self, sock: socket.socket, conn: _Conn) -> bool:
+        """Handle what *conn*'s ring holds. False if the connection was closed (a ring
+        position the worker could not have written)."""
+        ring = conn.ring
+        assert ring is not None
+        while True:
+            try:
+                data = ring.take(READ_SIZE)
+            except ProtocolError as exc:
+                self._bad(sock, exc)
+                return False
+            if not data:
+                break
+            if not self._take(sock, conn, conn.pipe_splitter, data):
+                return False
+        if ring.room_wanted():
+            self._to_ack[sock] = conn  # the worker polls its socket for this
+        return True
+
+    def _look_at_rings(self) -> bool:
+        """Take what every ring holds; True if any held something."""
+        busy = False
+        for sock, conn in list(self.rings.items()):
+            ring = conn.ring
+            if ring is not None and ring.pending() and sock in self.conns:
+                busy = True
+                self._take_ring(sock, conn)
+        return busy
 
     def _take(self, sock: socket.socket, conn: _Conn, splitter: FrameSplitter, data: bytes) -> bool:
         """Split and handle *data*, read from *sock*'s connection (its socket or its

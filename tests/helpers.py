@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import json
 import math
@@ -258,14 +259,16 @@ def json_same(a: Any, b: Any) -> bool:
 
 class IntakePeer:
     """The listener's side of one accepted intake connection, for tests that stand in for
-    the listener: takes the record pipe the worker's hello hands over (SCM_RIGHTS) and
-    reads frames from the socket and the pipe, each split on its own."""
+    the listener: takes the record pipe (and ring) the worker's hello hands over
+    (SCM_RIGHTS) and reads frames from the socket and the pipe (or ring), each split on
+    its own."""
 
     def __init__(self, conn: socket.socket) -> None:
         from mplog._framing import FrameSplitter
 
         self.sock = conn
         self.pipe = -1
+        self.ring: Any = None  # mplog._ring.Ring
         self.closed = False  # the worker closed its connection
         self.record_bytes = 0  # bytes read from the pipe
         self._socket_split = FrameSplitter()
@@ -274,15 +277,28 @@ class IntakePeer:
     def poll(self, timeout: float) -> list[bytes]:
         """The frame bodies that arrive within *timeout* s (maybe none)."""
         watch = [self.sock] if self.pipe < 0 else [self.sock, self.pipe]
+        if self.ring is not None:
+            self.ring.sleep()  # a write rings the pipe
+            if self.ring.pending():
+                timeout = 0
         ready = select.select(watch, [], [], timeout)[0]
         bodies: list[bytes] = []
-        if self.pipe in ready:
+        if self.ring is not None:
+            self.ring.wake()
+        if self.pipe in ready or self.ring is not None:
             bodies += self._read_pipe()
         if self.sock in ready:
-            data, ancillary, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4))
+            data, ancillary, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(8))
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    self.pipe = array.array("i", payload[:4])[0]
+                    fds = array.array("i", payload[: len(payload) - len(payload) % 4])
+                    self.pipe = fds[0]
+                    os.set_blocking(self.pipe, False)
+                    if len(fds) > 1:
+                        from mplog._ring import Ring
+
+                        self.ring = Ring.open(fds[1])
+                        os.close(fds[1])
             if data:
                 bodies += self._socket_split.feed(data)
             else:
@@ -292,14 +308,22 @@ class IntakePeer:
         return bodies
 
     def _read_pipe(self) -> list[bytes]:
-        try:
-            data = os.read(self.pipe, 1 << 20)
-        except BlockingIOError:
-            return []
+        if self.ring is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.pipe, 1 << 20)  # wake-ups
+            data = self.ring.take(1 << 20)
+        else:
+            try:
+                data = os.read(self.pipe, 1 << 20)
+            except BlockingIOError:
+                return []
         self.record_bytes += len(data)
         return self._pipe_split.feed(data) if data else []
 
     def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
         if self.pipe >= 0:
             os.close(self.pipe)
             self.pipe = -1

@@ -312,7 +312,26 @@ def _messages_until(peer: IntakePeer, wanted: str) -> list[str]:
     return got
 
 
-def test_a_held_record_outlives_a_listener_that_takes_it_and_dies(tmp_path) -> None:
+def _after_a_death(client: IntakeClient, way: str) -> None:
+    """What the next log call needs to find the listener dead: with a pipe, nothing (its
+    write fails); with a ring, whose writes cannot fail, LIVE_CHECK since the last look."""
+    if way == "ring":
+        from mplog._intake import LIVE_CHECK
+
+        looked = time.monotonic()
+        wait_until(lambda: time.monotonic() > looked + LIVE_CHECK, 5, "LIVE_CHECK")
+
+
+def _way(way: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mplog._ring import available
+
+    if way == "ring" and not available():
+        pytest.skip("record rings are for x86-64 Linux")
+    monkeypatch.setenv("MPLOG_INTAKE_RING", "1" if way == "ring" else "0")
+
+
+@pytest.mark.parametrize("way", ["ring", "pipe"])
+def test_a_held_record_outlives_a_listener_that_takes_it_and_dies(tmp_path, way: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker holds a record (its listener slower to come back than the budget) and
     logs nothing more; its own thread writes the record to the next listener. That
     listener takes it and dies before acknowledging it (a restart that failed after it
@@ -329,11 +348,13 @@ def test_a_held_record_outlives_a_listener_that_takes_it_and_dies(tmp_path) -> N
     def until_held(peer: IntakePeer) -> list[str]:
         return _messages_until(peer, "held")
 
+    _way(way, monkeypatch)
     first = listen()
     client = IntakeClient(path, outage_budget=0.2)
     assert client.send(encode(logging.LogRecord("idle", 20, "", 0, "before", None, None)))
     first.accept()[0].close()
     first.close()  # the listener died; its socket file stays
+    _after_a_death(client, way)
     assert client.send(encode(logging.LogRecord("idle", 20, "", 0, "held", None, None)))
     assert client._holding  # past the budget: held, and the caller did not wait for it
     doomed = listen()
@@ -355,7 +376,8 @@ def test_a_held_record_outlives_a_listener_that_takes_it_and_dies(tmp_path) -> N
         client.close()
 
 
-def test_a_socket_file_missing_for_a_moment_late_in_an_outage_loses_nothing(tmp_path) -> None:
+@pytest.mark.parametrize("way", ["ring", "pipe"])
+def test_a_socket_file_missing_for_a_moment_late_in_an_outage_loses_nothing(tmp_path, way: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A restart that unlinks the old socket file before it binds (bind() does so for an
     address too long for its temporary name) leaves a moment with no file. A worker that
     has waited for its listener longer than MISSING_FILE_GRACE and looks in that moment
@@ -365,6 +387,7 @@ def test_a_socket_file_missing_for_a_moment_late_in_an_outage_loses_nothing(tmp_
     from mplog._options import MISSING_FILE_GRACE
     from mplog._record import encode
 
+    _way(way, monkeypatch)
     path = str(tmp_path / "intake.sock")
     first = _listen(path)
     client = IntakeClient(path, outage_budget=10.0)
@@ -375,6 +398,7 @@ def test_a_socket_file_missing_for_a_moment_late_in_an_outage_loses_nothing(tmp_
         assert client.send(encode(logging.LogRecord("late", 20, "", 0, "before", None, None)))
         first.accept()[0].close()
         first.close()  # the listener died; its socket file stays (refused)
+        _after_a_death(client, way)
         t.start()
         began = wait_until(lambda: client._outage_deadline, 10, "the outage") - 10.0
         wait_until(lambda: time.monotonic() > began + 3 * MISSING_FILE_GRACE, 10, "a long outage")
@@ -420,13 +444,15 @@ def test_records_a_raising_handler_took_are_counted_as_dropped(receiver, start_p
     assert "RuntimeError: a handler bug" in err
 
 
-def test_a_worker_far_ahead_of_its_acknowledgements_waits_for_them(tmp_path) -> None:
+@pytest.mark.parametrize("way", ["ring", "pipe"])
+def test_a_worker_far_ahead_of_its_acknowledgements_waits_for_them(tmp_path, way: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # A listener that reads every record at once but acknowledges none (handlers slower
     # than its reads): the worker must not run further ahead than RETAIN_WAIT bytes, or
     # what it keeps for a resend would outgrow RETAIN_MAX and be dropped. The call that
     # crosses the bound waits, and returns as soon as the acknowledgement comes.
     from mplog._intake import ACK, ACK_READ_BYTES, GREETING, MODE_RECORD, RETAIN_WAIT
 
+    _way(way, monkeypatch)
     path = str(tmp_path / "slow.sock")
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(path)
@@ -466,15 +492,17 @@ def test_a_worker_far_ahead_of_its_acknowledgements_waits_for_them(tmp_path) -> 
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        # Blocked: the listener has one frame more than the writer's returned calls (the
-        # waiting call wrote its frame, then waits for the acknowledgement).
-        wait_until(lambda: got["bytes"] == (returned["n"] + 1) * len(frame)
+        # Blocked: with a pipe, the listener has one frame more than the writer's
+        # returned calls (the waiting call wrote its frame, then waits for the
+        # acknowledgement); with a ring, the call waits before it writes (LIVE_CHECK).
+        ahead_by = 1 if way == "pipe" else 0
+        wait_until(lambda: got["bytes"] == (returned["n"] + ahead_by) * len(frame)
                    and client._retained_bytes > RETAIN_WAIT, 20, "the writer to wait")
         ahead = client._retained_bytes
         assert RETAIN_WAIT < ahead <= RETAIN_WAIT + ACK_READ_BYTES + len(frame)
         n_blocked = returned["n"]
         released = time.monotonic()
-        conns[0].sendall(ACK.pack(n_blocked + 1))  # every frame so far handled
+        conns[0].sendall(ACK.pack(n_blocked + ahead_by))  # every frame so far handled
         wait_until(lambda: returned["n"] > n_blocked, 5, "the wait to end at the ack")
         assert returned["last"] - released < 2.0
         writer.join(30)
@@ -490,8 +518,10 @@ def test_a_worker_far_ahead_of_its_acknowledgements_waits_for_them(tmp_path) -> 
         srv.close()
 
 
-def test_the_last_ack_reaches_a_worker_that_read_none_for_a_while(tmp_path, start_pipeline) -> None:
-    # A worker reads its acks every ACK_READ_BYTES written; the listener sends one per turn.
+def test_the_last_ack_reaches_a_worker_that_read_none_for_a_while(tmp_path, start_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker with a record pipe reads its acks every ACK_READ_BYTES written (one with a
+    # ring also every LIVE_CHECK, so its socket does not fill: this is the pipe's case);
+    # the listener sends one per turn.
     # Hundreds of turns of one record each fill the worker's socket, and the listener's
     # ack sends find no room. The last one used to be dropped for good: a worker that then
     # waited for it (its exit drain, flush()) waited 5 s and wrote its delivered records to
@@ -501,6 +531,7 @@ def test_the_last_ack_reaches_a_worker_that_read_none_for_a_while(tmp_path, star
 
     from mplog._intake import ACK_READ_BYTES
 
+    monkeypatch.setenv("MPLOG_INTAKE_RING", "0")
     fh = logging.FileHandler(tmp_path / "out.log")
     p = start_pipeline([fh])
     fh.close()  # the listener has its own

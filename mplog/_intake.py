@@ -71,6 +71,7 @@ from ._record import (
 )
 from ._ring import RING_TICK, Ring
 from ._ring import available as ring_available
+from ._ring import file_id as _file_id
 from ._stderr import say
 from ._text import iso_local
 
@@ -228,15 +229,6 @@ def _move_high(fd: int, close: bool = True) -> int:
     if close:
         os.close(fd)
     return high
-
-
-def _file_id(fd: int) -> tuple[int, int] | None:
-    """What *fd* is open on, as (st_dev, st_ino); None if it is not open."""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 def _same_file(fd: int, file_id: tuple[int, int] | None) -> bool:

@@ -63,7 +63,8 @@ _HEAD, _TAIL, _ASLEEP, _WAITING = 0, 8, 16, 24
 _kept: list[mmap.mmap] = []
 
 
-def _file_id(fd: int) -> tuple[int, int] | None:
+def file_id(fd: int) -> tuple[int, int] | None:
+    """What *fd* is open on, as (st_dev, st_ino); None if it is not open."""
     try:
         st = os.fstat(fd)
     except OSError:
@@ -77,15 +78,15 @@ def _map(fd: int, size: int) -> tuple[mmap.mmap, int]:
     which it closes when it is closed; from 3.13 on it is told not to (``trackfd``)."""
     if sys.version_info >= (3, 13):
         return mmap.mmap(fd, size, trackfd=False), -1
-    mine = _file_id(fd)
+    mine = file_id(fd)
     probe = os.dup(fd)  # the lowest free number: where mmap's own dup will go
     os.close(probe)
     mm = mmap.mmap(fd, size)
-    if _file_id(probe) == mine:
+    if file_id(probe) == mine:
         return mm, probe
     for name in os.listdir("/proc/self/fd"):  # another thread took that number first
         n = int(name)
-        if n != fd and _file_id(n) == mine:
+        if n != fd and file_id(n) == mine:
             return mm, n
     return mm, -1
 _SEALS = ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL")
@@ -117,7 +118,7 @@ class Ring:
         self.mm = mm
         #: The descriptor the mmap object keeps (-1: none), and what it is open on.
         self.held_fd = held_fd
-        self.held_id = _file_id(held_fd) if held_fd >= 0 else None
+        self.held_id = file_id(held_fd) if held_fd >= 0 else None
         self.cap = cap
         self.mask = cap - 1
         self.words = memoryview(mm)[:HEADER].cast("Q")
@@ -266,7 +267,7 @@ class Ring:
         closed every descriptor, then opened files: see _intake._move_high), closing the
         mmap would close that: it is kept instead (64 KiB, once per such event)."""
         self.words.release()
-        if self.held_fd >= 0 and _file_id(self.held_fd) != self.held_id:
+        if self.held_fd >= 0 and file_id(self.held_fd) != self.held_id:
             _kept.append(self.mm)
             return
         self.mm.close()

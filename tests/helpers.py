@@ -376,3 +376,22 @@ class MplogWireClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def connect_with_fds(address: str, fds: list[int]) -> socket.socket:
+    """A connection to the intake whose hello carries *fds* (SCM_RIGHTS), as a worker's
+    carries its record pipe."""
+    from mplog._intake import HELLO
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(address)
+    s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    return s
+
+
+def read_to_eof(s: socket.socket) -> bytes:
+    s.settimeout(10)
+    data = b""
+    while chunk := s.recv(100):
+        data += chunk
+    return data

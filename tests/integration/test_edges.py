@@ -21,7 +21,15 @@ import pytest
 
 import mplog
 from mplog._record import encode_control
-from tests.helpers import ROOT, Receiver, Serve, env_with_root, wait_until
+from tests.helpers import (
+    ROOT,
+    Receiver,
+    Serve,
+    connect_with_fds,
+    env_with_root,
+    read_to_eof,
+    wait_until,
+)
 from tests.receivers import LineReceiver, Rsyslog
 
 BIG = 2 * 1024 * 1024
@@ -591,32 +599,11 @@ def test_the_intake_refuses_oversized_frames_and_partial_frames_cost_little(rece
 # -- the record pipe a worker's hello hands over --------------------------------------------
 
 
-def _connect_with_fds(address: str, fds: list[int]) -> socket.socket:
-    """A connection to the intake whose hello carries *fds* (SCM_RIGHTS), as a worker's
-    carries its record pipe."""
-    import array
-
-    from mplog._intake import HELLO
-
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(address)
-    s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    return s
-
-
-def _read_to_eof(s: socket.socket) -> bytes:
-    s.settimeout(10)
-    data = b""
-    while chunk := s.recv(100):
-        data += chunk
-    return data
-
-
 def _hello_with_fds(address: str, fds: list[int]) -> bytes:
     """Connect, send the hello with *fds* attached, return what the listener sends back
     before it closes the connection (b"" if it closes at once)."""
-    with _connect_with_fds(address, fds) as s:
-        return _read_to_eof(s)
+    with connect_with_fds(address, fds) as s:
+        return read_to_eof(s)
 
 
 @pytest.mark.parametrize("what", ["a file", "a socket", "two pipes"])
@@ -654,11 +641,11 @@ def test_an_oversized_frame_in_the_pipe_closes_that_connection_only(receiver: Re
     p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
     r, w = os.pipe()
     try:
-        with _connect_with_fds(p.address, [r]) as s:
+        with connect_with_fds(p.address, [r]) as s:
             os.close(r)
             r = -1
             os.write(w, HEADER.pack(16 * 1024 * 1024) + b"R" * 1000)
-            data = _read_to_eof(s)  # the greeting, then EOF: closed by the listener
+            data = read_to_eof(s)  # the greeting, then EOF: closed by the listener
         assert data.startswith(b"mplogI\x01")
     finally:
         os.close(w)
@@ -679,7 +666,7 @@ def test_a_frame_left_half_written_in_a_pipe_still_held_open_is_counted(receiver
     p = start_pipeline([mplog.SocketHandler("127.0.0.1", receiver.port)])
     r, w = os.pipe()  # the test keeps w open: the "child"
     try:
-        with _connect_with_fds(p.address, [r]):
+        with connect_with_fds(p.address, [r]):
             os.close(r)
             r = -1
             os.write(w, HEADER.pack(1000) + b"}" + b"x" * 99)  # 100 of its 1000 bytes

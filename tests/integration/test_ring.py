@@ -6,7 +6,6 @@ arrives whole."""
 
 from __future__ import annotations
 
-import array
 import logging
 import multiprocessing
 import os
@@ -17,26 +16,11 @@ import pytest
 
 import mplog
 from mplog._framing import HEADER as FRAME_HEADER
-from mplog._intake import GREETING, HELLO
+from mplog._intake import GREETING
 from mplog._ring import HEADER, RING_SIZE, Ring, available
-from tests.helpers import Receiver, wait_until
+from tests.helpers import Receiver, connect_with_fds, read_to_eof, wait_until
 
 pytestmark = pytest.mark.skipif(not available(), reason="record rings are for x86-64 Linux")
-
-
-def _connect(address: str, fds: list[int]) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(address)
-    s.sendmsg([HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    return s
-
-
-def _read_to_eof(s: socket.socket) -> bytes:
-    s.settimeout(10)
-    data = b""
-    while chunk := s.recv(100):
-        data += chunk
-    return data
 
 
 def _still_served(p: mplog.Pipeline, receiver: Receiver, name: str) -> None:
@@ -71,8 +55,8 @@ def test_a_hello_handing_over_a_bad_ring_closes_that_connection_only(receiver: R
         path.write_bytes(b"\0" * (HEADER + RING_SIZE))
         bad = os.open(path, os.O_RDWR)
     try:
-        with _connect(p.address, [r, bad]) as s:
-            assert _read_to_eof(s) == b""
+        with connect_with_fds(p.address, [r, bad]) as s:
+            assert read_to_eof(s) == b""
     finally:
         for fd in (r, w, bad):
             os.close(fd)
@@ -88,7 +72,7 @@ def _hand_over(address: str) -> tuple[socket.socket, Ring, int]:
     ring, mfd = Ring.create()
     ring.bell = w
     try:
-        s = _connect(address, [r, mfd])
+        s = connect_with_fds(address, [r, mfd])
     finally:
         os.close(r)
         os.close(mfd)
@@ -101,7 +85,7 @@ def test_a_ring_write_position_out_of_range_closes_that_connection_only(receiver
     try:
         ring.words[0] = 3 * RING_SIZE  # more than the ring ahead of what was taken
         os.write(w, b"\0")
-        data = _read_to_eof(s)  # the greeting, then EOF: closed by the listener
+        data = read_to_eof(s)  # the greeting, then EOF: closed by the listener
         assert data.startswith(GREETING), data
     finally:
         s.close()

@@ -405,10 +405,10 @@ class IntakeClient:
                     return  # stuck for send_timeout: _read_acks keeps memory bounded
             except (OSError, ValueError):
                 return
-            before = (self._acked, len(self._ack_part))
-            self._read_acks(sock)
-            if (self._acked, len(self._ack_part)) == before:
-                return  # EOF
+            # EOF (not "nothing new": a listener acknowledges again, unchanged, a worker
+            # that waits for room in its ring).
+            if not self._read_acks(sock):
+                return
 
     def _reset_after_fork(self) -> None:
         # The parent's lock may have been held by a thread that does not exist here, and
@@ -467,9 +467,7 @@ class IntakeClient:
                     readable = [sock]
                 if not readable:
                     continue
-                before = (self._acked, len(self._ack_part), self._greeted)
-                self._read_acks(sock)
-                if (self._acked, len(self._ack_part), self._greeted) == before:  # EOF
+                if not self._read_acks(sock):  # EOF (see _read_acks_or_wait)
                     self._disconnect()
             return True
 
@@ -486,9 +484,7 @@ class IntakeClient:
                     continue
             except (OSError, ValueError):
                 return False
-            before = (self._acked, len(self._ack_part), self._greeted)
-            self._read_acks(sock)
-            if (self._acked, len(self._ack_part), self._greeted) == before:
+            if not self._read_acks(sock):
                 return False  # EOF: the outer call finds out and resends
         return not self._retained
 
@@ -1113,11 +1109,10 @@ class IntakeClient:
         except (OSError, ValueError):
             readable = [sock]
         if readable:
-            before = (self._acked, len(self._ack_part), self._greeted, self._full)
-            self._read_acks(sock)
+            alive = self._read_acks(sock)
             if self._unacked_base >= held:
                 return True
-            if (self._acked, len(self._ack_part), self._greeted, self._full) == before:
+            if not alive:
                 self._disconnect()  # EOF: that listener went before it handled them
                 self._holding = True
                 self._next_try = time.monotonic() + RETRY_INTERVAL

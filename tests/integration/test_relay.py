@@ -570,3 +570,45 @@ def test_the_last_ack_reaches_a_worker_that_read_none_for_a_while(tmp_path, star
     assert time.monotonic() - t0 < 2.0
     assert p.flush(10) and p.stats()["handled"] == i + 1
     qh.close()
+
+
+@pytest.mark.parametrize("way", ["ring", "pipe"])
+def test_an_acknowledgement_that_repeats_the_last_is_not_taken_for_the_listener_gone(tmp_path, way: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A listener acknowledges again, with the same count, a worker that waits for room in
+    # its ring. A worker in drain() took "read, and nothing changed" for EOF: it dropped the
+    # connection and wrote every unacknowledged record again to the same listener (the
+    # two records of a test arrived 11 times at rsyslog).
+    from mplog._intake import ACK, GREETING, MODE_RECORD
+    from mplog._record import encode
+
+    _way(way, monkeypatch)
+    path = str(tmp_path / "intake.sock")
+    srv = _listen(path)
+    client = IntakeClient(path)
+    result: list[bool] = []
+    try:
+        for i in range(3):
+            assert client.send(encode(logging.LogRecord("rep", 20, "", 0, "r %d", (i,), None)))
+        c, _ = srv.accept()
+        c.sendall(GREETING + MODE_RECORD)
+        peer = IntakePeer(c)
+        got: list[bytes] = []
+        wait_until(lambda: got.extend(b for b in peer.poll(0.05) if b[:1] == b"R") or len(got) >= 3,
+                   10, "3 records")
+        assert len(got) == 3
+        drainer = threading.Thread(target=lambda: result.append(client.drain(20)))
+        drainer.start()
+        c.sendall(ACK.pack(2))
+        wait_until(lambda: client._acked == 2, 10, "the first acknowledgement read")
+        c.sendall(ACK.pack(2))  # the same count again
+        srv.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            srv.accept()  # no second connection: the first was not given up
+        c.sendall(ACK.pack(3))
+        drainer.join(20)
+        assert result == [True]
+        assert [b for b in peer.poll(0.2) if b[:1] == b"R"] == []  # nothing written again
+        peer.close()
+    finally:
+        client.close()
+        srv.close()

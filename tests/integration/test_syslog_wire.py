@@ -323,7 +323,9 @@ def test_default_max_length_fits_rsyslogs_default_message_size(tmp_path, start_p
         log.info("after")
         assert p.flush(30)
         rcv.wait_count(2, 30)
-        big, after = rcv.lines()
+        got = rcv.lines()
+        assert len(got) == 2, (len(got), p.stats())
+        big, after = got
         assert len(big["raw"].encode()) <= 8096
         msg = big["msg"].removeprefix("\ufeff")
         assert re.fullmatch(r"START é+ \[mplog: \d+ bytes cut\] .*RuntimeError: the end", msg, re.S), msg[-200:]
